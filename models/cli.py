@@ -1,0 +1,76 @@
+"""Shared command-line pieces: architecture/preset arguments and one-line error exits."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections.abc import Callable
+
+from models.config import PRESETS, ModelConfig, resolve_config
+
+EXIT_USER_ERROR = 2
+
+
+class UserError(Exception):
+    """Base for every failure caused by input or environment, reported as one line."""
+
+
+def add_config_args(parser: argparse.ArgumentParser, arch_required: bool = True) -> None:
+    parser.add_argument("--arch", required=arch_required, help="variant name, e.g. baseline, aero")
+    parser.add_argument("--preset", default="small", choices=tuple(PRESETS))
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a config field, e.g. --set n_layer=6 --set entropy_lambda=5e-5",
+    )
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """FIELD=VALUE strings typed by each field's declared type."""
+    types = {f.name: type(f.default) for f in dataclasses.fields(ModelConfig)}
+    overrides = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        if not sep or name not in types:
+            raise argparse.ArgumentTypeError(
+                f"--set {pair!r}: expected FIELD=VALUE, FIELD one of {sorted(types)}"
+            )
+        kind = types[name]
+        if kind is bool:
+            overrides[name] = text.lower() in ("1", "true", "yes", "on")
+        else:
+            try:
+                overrides[name] = kind(text)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"--set {pair!r}: not a {kind.__name__}") from None
+    return overrides
+
+
+def config_from_args(args: argparse.Namespace, arch: str | None = None) -> ModelConfig:
+    return resolve_config(arch or args.arch, args.preset, **parse_overrides(args.set))
+
+
+def run_main(main: Callable[[], int]) -> int:
+    """Run a command's main; any expected failure becomes one line on stderr and a non-zero exit."""
+    from models.checkpoint import CheckpointError
+    from models.config import ConfigError
+    from models.data import DataError
+
+    try:
+        return main()
+    except (
+        UserError,
+        ConfigError,
+        CheckpointError,
+        DataError,
+        argparse.ArgumentTypeError,
+        OSError,
+    ) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130

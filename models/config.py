@@ -1,0 +1,170 @@
+"""One frozen config for every AERO variant, a registry of named variants, and size presets.
+
+Each registered variant is a small set of differences from the baseline (SM+LN+G, a pre-LN GPT-2).
+Variant choices are strings so a config round-trips through JSON and is saved with every checkpoint
+and every result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+NORMS = ("layernorm", "none")
+FFN_ACTIVATIONS = ("gelu", "relu", "identity")
+FFN_FORMS = ("standard", "fused")
+FFN_WEIGHT_NORMS = ("none", "weight", "spectral")
+ENTROPY_REDUCTIONS = ("sum", "mean")
+
+
+class ConfigError(ValueError):
+    """A config or architecture name that cannot be built."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything that defines one architecture. Defaults are the GPT-2-small baseline at T=128."""
+
+    arch: str = "SM+LN+G"  # display name of the registered variant this config came from
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    block_size: int = 128  # context length T
+    vocab_size: int = 50257
+    ffn_mult: int = 4  # hidden width of the standard FFN is ffn_mult * n_embd
+    bias: bool = True
+    layer_norm_eps: float = 1e-5
+    norm: str = "layernorm"  # "none" removes every LayerNorm, the final one included
+    ffn_act: str = "gelu"  # GELU is the tanh form, as in GPT-2 ("gelu_new")
+    ffn_form: str = "standard"  # "fused": one d x d linear (W_in W_out collapse without activation)
+    ffn_scaled: bool = False  # out = beta_l * h + (1 / alpha_l) * FFN(h)
+    ffn_scale_init: float = 1.0  # initial alpha_l and beta_l (the paper leaves it open)
+    ffn_weight_norm: str = "none"  # static normalization of the FFN linears
+    pruned_ffn_layers: int = 0  # the k deepest layers have no FFN at all
+    attn_temperature: bool = False  # learnable t in R^{H x T} dividing the attention logits
+    # Causal masking replaces future logits by this finite constant (never -inf): CrypTen's exp is
+    # the limit form, valid only on about (-256, 0], so the masked entries must stay in range.
+    mask_value: float = -64.0
+    entropy_reg: bool = False
+    entropy_gamma: float = 0.2  # tolerance margin: tol = gamma * log T
+    entropy_lambda: float = 1e-5  # weight of the entropy penalty in the training loss
+    entropy_reduction: str = "sum"  # "sum" over batch and queries as the paper's code; or "mean"
+    entropy_threshold_init: float = 0.5  # initial theta (fraction of log T); learned ends ~0.2-0.5
+
+    def __post_init__(self) -> None:
+        self._check_choice("norm", NORMS)
+        self._check_choice("ffn_act", FFN_ACTIVATIONS)
+        self._check_choice("ffn_form", FFN_FORMS)
+        self._check_choice("ffn_weight_norm", FFN_WEIGHT_NORMS)
+        self._check_choice("entropy_reduction", ENTROPY_REDUCTIONS)
+        if self.n_embd % self.n_head:
+            raise ConfigError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        if not 0 <= self.pruned_ffn_layers <= self.n_layer:
+            raise ConfigError(f"pruned_ffn_layers={self.pruned_ffn_layers} not in [0, n_layer]")
+        if self.ffn_form == "fused" and self.ffn_act != "identity":
+            raise ConfigError(
+                "a fused FFN has no activation (W_in W_out only collapse when linear)"
+            )
+        for name in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "ffn_mult"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+
+    def _check_choice(self, field: str, choices: tuple[str, ...]) -> None:
+        if getattr(self, field) not in choices:
+            raise ConfigError(f"{field}={getattr(self, field)!r}; choose one of {choices}")
+
+    @property
+    def head_size(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def ffn_hidden(self) -> int:
+        return self.n_embd if self.ffn_form == "fused" else self.ffn_mult * self.n_embd
+
+    def has_ffn(self, layer: int) -> bool:
+        return layer < self.n_layer - self.pruned_ffn_layers
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown config fields {unknown}")
+        return cls(**data)
+
+
+# The AERO family, each a difference from the baseline. Keys are display names as in the paper.
+_SOFTMAX_ONLY = {"norm": "none", "ffn_act": "identity"}
+_SCALED_FUSED = {**_SOFTMAX_ONLY, "ffn_form": "fused", "ffn_scaled": True}
+VARIANTS: dict[str, dict[str, Any]] = {
+    "SM+LN+G": {},
+    "SM+LN+R": {"ffn_act": "relu"},
+    "SM+LN": {"ffn_act": "identity"},
+    "SM+G": {"norm": "none"},
+    "SM+R": {"norm": "none", "ffn_act": "relu"},
+    "SM": dict(_SOFTMAX_ONLY),
+    "SM+ScFFN": {**_SOFTMAX_ONLY, "ffn_scaled": True},
+    "SM+ScFuFFN": dict(_SCALED_FUSED),
+    # k deepest FFNs pruned; k defaults to half the depth (the paper's 12L: 6), see resolve_config.
+    "SM+ScFuFFN+Prune": {**_SCALED_FUSED, "pruned_ffn_layers": -1},
+    "SM(t)+ScFuFFN": {**_SCALED_FUSED, "attn_temperature": True},
+    "EReg(SM(t)+ScFuFFN)": {**_SCALED_FUSED, "attn_temperature": True, "entropy_reg": True},
+    # Static FFN normalizations: the paper's alternatives to scaling against entropy collapse.
+    "SM+WNormFFN": {**_SOFTMAX_ONLY, "ffn_weight_norm": "weight"},
+    "SM+SNormFFN": {**_SOFTMAX_ONLY, "ffn_weight_norm": "spectral"},
+}
+ALIASES = {"baseline": "SM+LN+G", "aero": "EReg(SM(t)+ScFuFFN)"}
+
+PRESETS: dict[str, dict[str, int]] = {
+    "tiny": {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 16, "vocab_size": 512},
+    "small": {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 128, "vocab_size": 4096},
+    "gpt2": {"n_layer": 12, "n_head": 12, "n_embd": 768, "block_size": 128, "vocab_size": 50257},
+}
+
+
+def _name_key(name: str) -> str:
+    """Case-, separator- and bracket-insensitive key: 'SM(t)+ScFuFFN' == 'sm-t-scfuffn'."""
+    return re.sub(r"[\s+\-_()]", "", name.lower())
+
+
+_BY_KEY = {_name_key(n): n for n in VARIANTS} | {_name_key(a): n for a, n in ALIASES.items()}
+
+
+def canonical_arch(name: str) -> str:
+    """The registered display name for a user-typed architecture name."""
+    found = _BY_KEY.get(_name_key(name))
+    if found is None:
+        known = ", ".join(list(VARIANTS) + list(ALIASES))
+        raise ConfigError(f"unknown architecture {name!r}; known: {known}")
+    return found
+
+
+def resolve_config(arch: str, preset: str = "gpt2", **overrides: Any) -> ModelConfig:
+    """Build the config of a named variant at a size preset, with explicit field overrides last."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {tuple(PRESETS)}")
+    display = canonical_arch(arch)
+    fields: dict[str, Any] = {"arch": display, **PRESETS[preset], **VARIANTS[display]}
+    fields.update({k: v for k, v in overrides.items() if v is not None})
+    if fields.get("pruned_ffn_layers") == -1:
+        fields["pruned_ffn_layers"] = fields["n_layer"] // 2
+    return ModelConfig(**fields)
+
+
+def expand_arch_names(names: list[str]) -> list[str]:
+    """Canonical names for a command-line list; 'all' means every registered variant."""
+    if any(n.lower() == "all" for n in names):
+        return list(VARIANTS)
+    return [canonical_arch(n) for n in names]

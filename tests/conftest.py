@@ -1,0 +1,30 @@
+"""Shared fixtures: tiny prepared data (a slice of the stdlib corpus) and one tolerance checker."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models.data import prepare_data
+
+TINY_VOCAB = 512
+TINY_FILES = 60  # enough text for a 512-token BPE and a few thousand validation tokens
+
+
+def assert_close(actual, expected, atol: float, what: str) -> None:
+    """Max-abs-error check with the tolerance and the quantity named in the failure message."""
+    actual = torch.as_tensor(actual, dtype=torch.float64)
+    expected = torch.as_tensor(expected, dtype=torch.float64)
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    error = (actual - expected).abs().max().item() if actual.numel() else 0.0
+    assert error <= atol, f"{what}: max abs error {error:.3g} > tolerance {atol:.3g}"
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> str:
+    return str(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="session")
+def tiny_data(data_dir):
+    return prepare_data(data_dir, TINY_VOCAB, max_files=TINY_FILES)

@@ -1,0 +1,136 @@
+"""The model family: shapes, parameter counts per architecture, and the GPT-2 reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models.config import VARIANTS, ModelConfig, resolve_config
+from models.gpt import GPT
+from tests.conftest import assert_close
+
+
+def tiny(arch: str, **changes) -> ModelConfig:
+    return resolve_config(arch, "tiny", **changes)
+
+
+def expected_param_count(cfg: ModelConfig) -> int:
+    """Parameter count written out from the architecture description, not from the code."""
+    d, V, T, H = cfg.n_embd, cfg.vocab_size, cfg.block_size, cfg.n_head
+    norm = 2 * d if cfg.norm == "layernorm" else 0
+    total = V * d + T * d + norm  # token and position embeddings (LM head tied), final norm
+    for layer in range(cfg.n_layer):
+        total += norm + (3 * d * d + 3 * d) + (d * d + d)  # ln_1, c_attn, c_proj
+        total += H * T if cfg.attn_temperature else 0
+        if layer >= cfg.n_layer - cfg.pruned_ffn_layers:
+            continue  # pruned: no ln_2, no FFN, no scalars
+        total += norm
+        if cfg.ffn_form == "fused":
+            total += d * d + d
+            outputs = [d]
+        else:
+            hidden = cfg.ffn_mult * d
+            total += (d * hidden + hidden) + (hidden * d + d)
+            outputs = [hidden, d]
+        if cfg.ffn_weight_norm == "weight":
+            total += sum(outputs)  # one gain per output unit of each FFN linear
+        total += 2 if cfg.ffn_scaled else 0  # beta and 1/alpha
+    return total
+
+
+@pytest.mark.parametrize("arch", list(VARIANTS))
+def test_forward_shapes_and_one_hot_equals_ids(arch):
+    cfg = tiny(arch)
+    model = GPT(cfg).eval()
+    tokens = torch.randint(0, cfg.vocab_size, (2, cfg.block_size))
+    attention: list[torch.Tensor] = []
+    with torch.no_grad():
+        logits = model(tokens, attention)
+        one_hot = torch.nn.functional.one_hot(tokens, cfg.vocab_size).float()
+        last = model(one_hot, last_only=True)
+    assert logits.shape == (2, cfg.block_size, cfg.vocab_size)
+    assert len(attention) == cfg.n_layer
+    assert attention[0].shape == (2, cfg.n_head, cfg.block_size, cfg.block_size)
+    assert_close(last[:, 0], logits[:, -1], 1e-5, f"{arch}: one-hot last-token logits")
+    rows = attention[-1].sum(-1)
+    assert_close(rows, torch.ones_like(rows), 1e-5, "attention rows sum to one")
+    future = attention[0].triu(diagonal=1)
+    assert future.max() < 1e-20, "causal mask lets a query see a future key"
+
+
+@pytest.mark.parametrize("arch", list(VARIANTS))
+@pytest.mark.parametrize("n_layer", [2, 4])
+def test_parameter_count_matches_architecture(arch, n_layer):
+    cfg = tiny(arch, n_layer=n_layer)
+    model = GPT(cfg)
+    assert model.num_params() == expected_param_count(cfg)
+    thresholds = cfg.n_layer * cfg.n_head if cfg.entropy_reg else 0
+    assert model.num_params(include_training_only=True) == expected_param_count(cfg) + thresholds
+
+
+def test_fused_ffn_is_d_by_d_and_pruned_layers_have_no_ffn():
+    cfg = tiny("sm+scfuffn+prune", n_layer=4)
+    model = GPT(cfg)
+    blocks = model.transformer.h
+    assert tuple(blocks[0].mlp.c_fc.weight.shape) == (cfg.n_embd, cfg.n_embd)
+    assert [cfg.has_ffn(i) for i in range(4)] == [True, True, False, False]
+    assert not list(blocks[3].mlp.parameters()) and not list(blocks[3].ffn_residual.parameters())
+    assert {n for n, _ in blocks[0].ffn_residual.named_parameters()} == {
+        "residual_gain",
+        "ffn_gain",
+    }
+
+
+def test_pruned_layer_passes_the_residual_stream_through():
+    cfg = tiny("sm+scfuffn+prune", n_layer=2, pruned_ffn_layers=2)
+    block = GPT(cfg).transformer.h[1]
+    x = torch.randn(1, 4, cfg.n_embd)
+    with torch.no_grad():
+        expected = x + block.attn(x)
+        assert_close(block(x), expected, 1e-6, "pruned block = attention sub-block only")
+
+
+def _hf_reference(cfg: ModelConfig):
+    transformers = pytest.importorskip("transformers")
+    hf_config = transformers.GPT2Config(
+        vocab_size=cfg.vocab_size,
+        n_positions=cfg.block_size,
+        n_embd=cfg.n_embd,
+        n_layer=cfg.n_layer,
+        n_head=cfg.n_head,
+        activation_function="gelu_new",
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        layer_norm_epsilon=cfg.layer_norm_eps,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    torch.manual_seed(0)
+    return transformers.GPT2LMHeadModel(hf_config).eval()
+
+
+@pytest.mark.parametrize("n_layer", [1, 3])
+def test_baseline_equals_huggingface_gpt2(n_layer):
+    from models.hf import load_hf_gpt2_state_dict
+
+    cfg = tiny("baseline", n_layer=n_layer)
+    reference = _hf_reference(cfg)
+    with torch.no_grad():  # GPT-2 init has zero biases and unit LN gains: perturb them all
+        for p in reference.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    model = load_hf_gpt2_state_dict(reference.state_dict(), cfg)
+    tokens = torch.randint(0, cfg.vocab_size, (3, cfg.block_size))
+    with torch.no_grad():
+        expected = reference(tokens).logits
+        actual = model(tokens)
+    assert_close(actual, expected, 1e-5, "baseline logits vs transformers GPT2LMHeadModel")
+
+
+def test_hf_state_dict_with_wrong_shape_is_rejected():
+    from models.hf import HFWeightsError, load_hf_gpt2_state_dict
+
+    cfg = tiny("baseline")
+    state = _hf_reference(cfg).state_dict()
+    with pytest.raises(HFWeightsError, match="does not fit"):
+        load_hf_gpt2_state_dict(state, cfg.replace(n_embd=64))
