@@ -15,7 +15,7 @@ import torch
 
 from models.checkpoint import load_checkpoint
 from models.cli import run_main
-from models.data import PreparedData, prepare_data
+from models.data import PreparedData, data_of_checkpoint
 from models.entropy import BIN_LABELS, head_distribution, head_entropies
 from models.gpt import GPT
 
@@ -100,15 +100,7 @@ def draw_entropy_figures(heads, distribution, out: Path, title: str) -> list[Pat
 def analyze_checkpoint(path: str, out: Path, data_dir: str, batches: int, batch_size: int) -> dict:
     checkpoint = load_checkpoint(path)
     model = checkpoint.build_model()
-    source = checkpoint.meta.get("data", {})
-    corpus = source.get("corpus")
-    data = prepare_data(
-        data_dir,
-        source.get("requested_vocab_size", model.config.vocab_size),
-        None if corpus is None or Path(corpus).samefile(_stdlib()) else corpus,
-        source.get("text_field") or "content",
-        source.get("max_files"),
-    )
+    data = data_of_checkpoint(checkpoint.meta, model.config.vocab_size, data_dir)
     length = checkpoint.meta.get("seq_len", model.config.block_size)
     entropies = measure_head_entropies(model, data, batches, batch_size, length)
     heads, distribution, layers = entropy_tables(entropies, length, model.config.arch)
@@ -118,12 +110,6 @@ def analyze_checkpoint(path: str, out: Path, data_dir: str, batches: int, batch_
     layers.to_csv(out / "entropy_layers.csv", index=False)
     draw_entropy_figures(heads, distribution, out, model.config.arch)
     return {"distribution": distribution["fraction_of_heads"].tolist(), "out": str(out)}
-
-
-def _stdlib() -> Path:
-    from models.data import stdlib_root
-
-    return stdlib_root()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -204,3 +204,18 @@ def _build(folder: Path, vocab_size: int, corpus, text_field, max_files) -> None
     (partial / "tokenizer.json").write_text(tokenizer.to_str())
     (partial / "manifest.json").write_text(json.dumps(manifest, indent=1))
     os.replace(partial, folder)
+
+
+def data_of_checkpoint(meta: dict, vocab_size: int, cache_dir: str | os.PathLike) -> PreparedData:
+    """The prepared data a checkpoint was trained on (rebuilt into the cache if missing)."""
+    source = meta.get("data", {})
+    corpus = source.get("corpus")
+    if corpus is not None and Path(corpus).exists() and Path(corpus).samefile(stdlib_root()):
+        corpus = None
+    return prepare_data(
+        cache_dir,
+        source.get("requested_vocab_size", vocab_size),
+        corpus,
+        source.get("text_field") or "content",
+        source.get("max_files"),
+    )

@@ -1,0 +1,191 @@
+"""The one object holding every secure-computation approximation knob, and how CrypTen gets it.
+
+An `ApproxConfig` is recorded with every run and is part of the parties' handshake fingerprint, so
+its fields are JSON scalars only. `apply_to_crypten` writes it into `crypten.cfg` key by key:
+`crypten.init(config_file=...)` would replace CrypTen's whole config, dropping every other key.
+Defaults are the settings measured accurate on trained GPT-2-like models
+(`/work/shared/notes/crypten.md`); the measured error of each op is in `mpc.ops`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from mpc.compat import import_crypten
+
+RECIPROCAL_METHODS = ("NR", "log")
+SIGMOID_TANH_METHODS = ("reciprocal", "chebyshev")
+GELU_FORMS = ("tanh", "erf", "poly")
+SOFTMAX_FORMS = ("stock", "max_free")
+POSITIVE_INT_FIELDS = (
+    "precision_bits",
+    "exp_iterations",
+    "reciprocal_iterations",
+    "sqrt_iterations",
+    "erf_iterations",
+)
+CHOICES = {
+    "reciprocal_method": RECIPROCAL_METHODS,
+    "sigmoid_tanh_method": SIGMOID_TANH_METHODS,
+    "gelu_form": GELU_FORMS,
+    "softmax_form": SOFTMAX_FORMS,
+}
+MAX_PRECISION_BITS = 20
+MAX_SOFTMAX_LOGIT_BOUND = 4.0
+
+
+class ApproxError(ValueError):
+    """An approximation setting that cannot be used (or does not match CrypTen's state)."""
+
+
+@dataclass(frozen=True)
+class ApproxConfig:
+    """Every approximation knob of the encrypted forward pass.
+
+    The inverse square root has one iteration count, `sqrt_iterations`: LayerNorm is its only user
+    in this project, so a separate LayerNorm knob would only be a second name for the same key.
+    `reciprocal_iterations` drives the Newton method ("NR"); the "log" method uses CrypTen's log
+    settings (its own iteration key is ignored by CrypTen 0.4.1).
+    """
+
+    precision_bits: int = 16  # fixed-point fraction bits; more than 20 wraps on truncation
+    exp_iterations: int = 8  # limit-form exp (1 + x / 2^n)^(2^n); accurate on about [-16, 0]
+    reciprocal_method: str = "NR"
+    reciprocal_iterations: int = 10
+    sqrt_iterations: int = 5  # inverse square root (LayerNorm); 4-6 is the measured sweet spot
+    # "chebyshev" fits tanh on [-1, 1] only: the tanh GELU is then wrong past |x| ~ 1 (7e-2 at 2)
+    sigmoid_tanh_method: str = "reciprocal"
+    erf_iterations: int = 8  # Taylor terms of erf (only the "erf" GELU form uses it)
+    gelu_form: str = "poly"  # relu(x) - p(min(|x|, 4)): 2e-4 from GPT-2's GELU at any |x|
+    softmax_form: str = "stock"  # CrypTen's, with the row max: any row, masked by -64
+    # Max-free softmax only: accurate when each row's max logit lies in [-b, b]. The window is
+    # narrow because 16 fraction bits give exp and reciprocal ~2^16 of dynamic range.
+    softmax_logit_bound: float = 2.5
+
+    def __post_init__(self) -> None:
+        for name in POSITIVE_INT_FIELDS:
+            self._check_int(name)
+        if self.precision_bits > MAX_PRECISION_BITS:
+            raise ApproxError(
+                f"precision_bits={self.precision_bits} > {MAX_PRECISION_BITS}: at 24+ bits "
+                "CrypTen's truncation wraps by 2^(64 - 2p) at once; keep 16 (20 at most)"
+            )
+        if self.precision_bits < 10:
+            raise ApproxError(f"precision_bits={self.precision_bits} < 10 is too coarse; use 16")
+        if self.exp_iterations > self.precision_bits - 4:
+            raise ApproxError(
+                f"exp_iterations={self.exp_iterations} > precision_bits - 4: x / 2^n then "
+                "falls below the fixed-point resolution (8-10 is the sweet spot)"
+            )
+        self._check_choice("reciprocal_method", RECIPROCAL_METHODS)
+        self._check_choice("sigmoid_tanh_method", SIGMOID_TANH_METHODS)
+        self._check_choice("gelu_form", GELU_FORMS)
+        self._check_choice("softmax_form", SOFTMAX_FORMS)
+        bound = self.softmax_logit_bound
+        if isinstance(bound, bool) or not isinstance(bound, int | float):
+            raise ApproxError(f"softmax_logit_bound must be a number, got {bound!r}")
+        if not 0 < bound <= MAX_SOFTMAX_LOGIT_BOUND:
+            raise ApproxError(
+                f"softmax_logit_bound={bound} not in (0, {MAX_SOFTMAX_LOGIT_BOUND}]: the "
+                "max-free softmax has a ~2^16 dynamic range; use softmax_form='stock'"
+            )
+        object.__setattr__(self, "softmax_logit_bound", float(bound))  # 3 and 3.0 fingerprint alike
+
+    def _check_int(self, name: str) -> None:
+        value = getattr(self, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ApproxError(f"{name} must be a positive int, got {value!r}")
+
+    def _check_choice(self, name: str, choices: tuple[str, ...]) -> None:
+        if getattr(self, name) not in choices:
+            raise ApproxError(f"{name}={getattr(self, name)!r}; choose one of {choices}")
+
+    def replace(self, **changes: Any) -> ApproxConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        """Canonical JSON (sorted keys): equal configs give equal strings, for fingerprints."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ApproxConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ApproxError(f"unknown approximation fields {unknown}; known: {sorted(known)}")
+        return cls(**data)
+
+
+def add_approx_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per field (`--gelu-form`, `--sqrt-iterations`, ...); unset flags keep defaults."""
+    group = parser.add_argument_group("approximations (mpc.approx.ApproxConfig)")
+    for field in dataclasses.fields(ApproxConfig):
+        group.add_argument(
+            "--" + field.name.replace("_", "-"),
+            type=type(field.default),
+            choices=CHOICES.get(field.name),
+            help=f"default: {field.default}",
+        )
+
+
+def approx_from_arguments(args: argparse.Namespace) -> ApproxConfig:
+    """The config the flags of `add_approx_arguments` describe (defaults for unset ones)."""
+    names = [field.name for field in dataclasses.fields(ApproxConfig)]
+    given = {name: getattr(args, name, None) for name in names}
+    return ApproxConfig(**{name: value for name, value in given.items() if value is not None})
+
+
+def crypten_keys(approx: ApproxConfig) -> dict[str, Any]:
+    """The `crypten.cfg` keys (dotted, as in CrypTen's configs/default.yaml) this config sets."""
+    return {
+        "encoder.precision_bits": approx.precision_bits,
+        **function_keys(approx),
+    }
+
+
+def function_keys(approx: ApproxConfig) -> dict[str, Any]:
+    """The keys read when a function is evaluated (all but the encoder's precision)."""
+    return {
+        "functions.exp_iterations": approx.exp_iterations,
+        "functions.reciprocal_method": approx.reciprocal_method,
+        "functions.reciprocal_nr_iters": approx.reciprocal_iterations,
+        "functions.sqrt_nr_iters": approx.sqrt_iterations,
+        "functions.sigmoid_tanh_method": approx.sigmoid_tanh_method,
+        "functions.erf_iterations": approx.erf_iterations,
+    }
+
+
+def apply_to_crypten(
+    approx: ApproxConfig, keys: dict[str, Any] | None = None
+) -> contextlib.AbstractContextManager[None]:
+    """Set CrypTen's config keys from `approx` now; as a context manager, restore them on exit.
+
+    Call it once per party before encrypting anything (the precision is read when a tensor is
+    encoded); before or after `crypten.init()` alike, as init without a config file keeps the
+    keys. Or use `with apply_to_crypten(approx): ...` for a scope.
+    `keys` overrides which keys are written (default: `crypten_keys(approx)`).
+    """
+    cfg = import_crypten().cfg
+    keys = crypten_keys(approx) if keys is None else keys
+    previous = {key: cfg[key] for key in keys}
+    for key, value in keys.items():
+        cfg[key] = value
+    return _restoring(cfg, previous)
+
+
+@contextlib.contextmanager
+def _restoring(cfg: Any, previous: dict[str, Any]) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for key, value in previous.items():
+            cfg[key] = value

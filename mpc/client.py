@@ -1,0 +1,196 @@
+"""The client: holds the prompt, knows only the public architecture, and alone learns the output.
+
+    python -m mpc.client --prompt "def fib(n):" --host 127.0.0.1 --port 7000 --max-new-tokens 4
+
+It receives the public model description from the server, checks its fingerprint, tokenizes and
+validates the prompt locally, then runs the MPC session as rank 1. The server never sees the prompt
+or the logits: the prompt enters as a secret-shared one-hot matrix, the logits are revealed to the
+client only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from models.cli import UserError, run_main
+from models.config import ModelConfig, canonical_arch
+from models.data import tokenizer_from_json
+from mpc.party import SessionSpec, run_party
+from mpc.protocol import (
+    PROTOCOL_VERSION,
+    TRUST_LABELS,
+    ProtocolError,
+    PublicModel,
+    connect,
+    recv_message,
+    send_message,
+)
+from mpc.secure_model import CLIENT
+
+
+def read_token_file(path: str) -> list[str]:
+    """Token ids from a file: a JSON list, or integers separated by whitespace or commas."""
+    try:
+        text = Path(path).read_text()
+    except OSError as error:
+        raise UserError(f"cannot read token file {path} ({error.strerror})") from None
+    stripped = text.strip()
+    if stripped.startswith("["):
+        try:
+            return [str(item) for item in json.loads(stripped)]
+        except json.JSONDecodeError:
+            raise UserError(f"token file {path} is not a valid JSON list") from None
+    return stripped.replace(",", " ").split()
+
+
+def validate_tokens(raw: list, cfg: ModelConfig, new_tokens: int) -> list[int]:
+    """Integer ids inside the vocabulary that leave room for the generated tokens."""
+    if not raw:
+        raise UserError("the prompt is empty")
+    ids = []
+    for item in raw:
+        try:
+            value = int(str(item), 10)
+        except ValueError:
+            raise UserError(f"token id {item!r} is not an integer") from None
+        if not 0 <= value < cfg.vocab_size:
+            raise UserError(f"token id {value} is outside the vocabulary [0, {cfg.vocab_size})")
+        ids.append(value)
+    if len(ids) + new_tokens - 1 > cfg.block_size:
+        raise UserError(
+            f"prompt of {len(ids)} tokens is too long: the context is {cfg.block_size}"
+            f" and {new_tokens - 1} generated token(s) must fit"
+        )
+    return ids
+
+
+def check_public_model(hello: dict, expect_fingerprint: str | None, expect_arch: str | None):
+    if hello.get("version") != PROTOCOL_VERSION:
+        raise ProtocolError(
+            f"server speaks protocol {hello.get('version')!r}, client {PROTOCOL_VERSION}"
+        )
+    public = PublicModel.from_dict(hello.get("public"))
+    fingerprint = public.fingerprint()
+    if fingerprint != hello.get("fingerprint"):
+        raise ProtocolError(
+            "model fingerprint mismatch: the server's description does not hash "
+            "to the fingerprint it announced"
+        )
+    if expect_fingerprint and not fingerprint.startswith(expect_fingerprint.lower()):
+        raise ProtocolError(
+            f"model fingerprint mismatch: server offers {fingerprint[:12]}, "
+            f"expected {expect_fingerprint[:12]}"
+        )
+    if expect_arch and canonical_arch(expect_arch) != public.config.get("arch"):
+        raise ProtocolError(
+            f"model mismatch: server offers {public.config.get('arch')}, "
+            f"expected {canonical_arch(expect_arch)}"
+        )
+    return public
+
+
+def query(args: argparse.Namespace) -> dict:
+    """Handshake and MPC session; returns the result record (tokens, logits, costs)."""
+    sock = connect(args.host, args.port, args.timeout, "server")
+    with sock:
+        hello = recv_message(sock, args.timeout, expect="hello")
+        public = check_public_model(hello, args.expect_fingerprint, args.expect_arch)
+        cfg = ModelConfig.from_dict(public.config)
+        tokenizer = tokenizer_from_json(public.tokenizer_json)
+        raw = read_token_file(args.tokens) if args.tokens else tokenizer.encode(args.prompt).ids
+        ids = validate_tokens(raw, cfg, args.max_new_tokens)
+        send_message(
+            sock,
+            {
+                "type": "request",
+                "version": PROTOCOL_VERSION,
+                "fingerprint": public.fingerprint(),
+                "prompt_length": len(ids),
+                "new_tokens": args.max_new_tokens,
+                "all_positions": args.all_positions,
+            },
+        )
+        accept = recv_message(sock, args.timeout, expect="accept")
+    spec = SessionSpec(
+        args.host,
+        int(accept["mpc_port"]),
+        public.dealer,
+        args.timeout,
+        public,
+        len(ids),
+        args.max_new_tokens,
+        args.all_positions,
+        args.threads,
+    )
+    result = run_party(spec, CLIENT, ids, None)
+    return {
+        "arch": cfg.arch,
+        "fingerprint": public.fingerprint(),
+        "dealer": public.dealer,
+        "trust": TRUST_LABELS[public.dealer],
+        "prompt_ids": ids,
+        "generated_ids": result.tokens,
+        "generated_text": tokenizer.decode(result.tokens),
+        "logits": [step.tolist() for step in result.logits],
+        "steps": result.steps,
+    }
+
+
+def write_json_atomically(path: str, record: dict) -> None:
+    target = Path(path)
+    partial = target.with_name(target.name + f".partial-{os.getpid()}")
+    partial.write_text(json.dumps(record))
+    os.replace(partial, target)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m mpc.client", description=__doc__.split("\n")[0]
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompt", help="prompt text (tokenized with the server's tokenizer)")
+    source.add_argument("--tokens", help="file of token ids (JSON list or whitespace-separated)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=7000)
+    parser.add_argument("--max-new-tokens", type=int, default=1, help="greedy tokens to generate")
+    parser.add_argument(
+        "--all-positions",
+        action="store_true",
+        help="reveal logits of every prompt position (for perplexity)",
+    )
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds any wait may last")
+    parser.add_argument("--expect-fingerprint", help="refuse a server whose model differs")
+    parser.add_argument("--expect-arch", help="refuse a server serving another architecture")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json-out", help="write tokens, logits and costs to this JSON file")
+    args = parser.parse_args(argv)
+    if args.max_new_tokens < 1:
+        parser.error("--max-new-tokens must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    record = query(args)
+    if args.json_out:
+        write_json_atomically(args.json_out, record)
+    total_mb = sum(step["bytes"] for step in record["steps"]) / 1e6
+    wall = sum(step["wall_s"] for step in record["steps"])
+    print(f"client: {record['arch']}, dealer {record['dealer']} ({record['trust']})")
+    print(
+        f"client: generated {record['generated_ids']} {record['generated_text']!r}; "
+        f"{total_mb:.1f} MB, {wall:.2f} s"
+    )
+    return 0
+
+
+def cli() -> None:
+    sys.exit(run_main(main))
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,200 @@
+"""One MPC session as seen by one party: server (rank 0), client (rank 1) or dealer (rank 2).
+
+Each session starts CrypTen on a fresh torch.distributed group (gloo over TCP), checks that both
+parties hold the same public model, shares the server's weights and the client's one-hot prompt,
+runs the one forward pass of `models.gpt` on the shares, and reveals the logits to the client only
+(`get_plain_text(dst=CLIENT)`). Nothing is ever decrypted to compute on in plaintext.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import torch
+
+from models.config import ModelConfig
+from mpc.approx import ApproxConfig, apply_to_crypten
+from mpc.compat import import_crypten
+from mpc.ops import CryptenOps
+from mpc.protocol import PeerError, ProtocolError, PublicModel
+from mpc.secure_model import (
+    CLIENT,
+    SERVER,
+    apply_var_scales,
+    encrypt_parameters,
+    inference_model,
+    one_hot,
+)
+
+DEALER_RANK = 2  # CrypTen's TTP takes rank = world size
+
+
+@dataclass
+class SessionSpec:
+    """What every party of one session must agree on; sent to the dealer and derived by both
+    parties from the handshake."""
+
+    host: str  # rendezvous address (the server's TCP store)
+    port: int
+    dealer: str  # "ttp" or "tfp"
+    timeout_s: float
+    public: PublicModel
+    prompt_length: int
+    new_tokens: int = 1
+    all_positions: bool = False  # reveal logits for every position (perplexity under MPC)
+    threads: int = 1  # torch threads per party: two parties often share one small machine
+
+    @property
+    def config(self) -> ModelConfig:
+        return ModelConfig.from_dict(self.public.config)
+
+
+@dataclass
+class PartyResult:
+    tokens: list[int] = field(default_factory=list)  # generated (client only)
+    logits: list[torch.Tensor] = field(default_factory=list)  # revealed (client only)
+    steps: list[dict[str, float]] = field(default_factory=list)  # per forward: bytes, rounds, s
+
+
+@contextlib.contextmanager
+def distributed_timeout(seconds: float):
+    """CrypTen creates its process groups with torch's 30-minute default; every wait of a session
+    (rendezvous and each collective) must instead end after `seconds`."""
+    import torch.distributed as dist
+
+    originals = dist.init_process_group, dist.new_group
+    timeout = timedelta(seconds=seconds)
+    dist.init_process_group = functools.partial(originals[0], timeout=timeout)
+    dist.new_group = functools.partial(originals[1], timeout=timeout)
+    try:
+        yield
+    finally:
+        dist.init_process_group, dist.new_group = originals
+
+
+def start_crypten(spec: SessionSpec, rank: int) -> Any:
+    os.environ.update(
+        WORLD_SIZE="2",
+        RANK=str(rank),
+        RENDEZVOUS=f"tcp://{spec.host}:{spec.port}",
+        DISTRIBUTED_BACKEND="gloo",
+    )
+    torch.set_num_threads(spec.threads)
+    # Fresh OS randomness for anything CrypTen draws from torch's default generator.
+    torch.manual_seed(secrets.randbits(63))
+    crypten = import_crypten()
+    crypten.cfg.mpc.provider = "TTP" if spec.dealer == "ttp" else "TFP"
+    crypten.cfg.communicator.verbose = True
+    apply_to_crypten(ApproxConfig.from_dict(spec.public.approx))
+    with distributed_timeout(spec.timeout_s), translate_peer_errors("starting the MPC session"):
+        crypten.init()
+    return crypten
+
+
+@contextlib.contextmanager
+def translate_peer_errors(doing: str):
+    """gloo reports a vanished or silent peer as RuntimeError; make it one clear PeerError."""
+    try:
+        yield
+    except RuntimeError as error:
+        text = " ".join(str(error).split())
+        if "imed out" in text or "timeout" in text.lower():
+            reason = "the peer stopped answering (timeout)"
+        elif "closed" in text.lower() or "reset" in text.lower() or "Broken pipe" in text:
+            reason = "the peer went away"
+        elif "ddress already in use" in text:
+            reason = "the MPC port is in use"
+        else:
+            reason = text[:160]
+        raise PeerError(f"MPC session failed while {doing}: {reason}") from None
+
+
+def check_same_model(crypten: Any, rank: int, fingerprint: str) -> None:
+    """Both parties compare fingerprints over the MPC channel itself, so the party at the other end
+    of the rendezvous is known to hold the model of the handshake."""
+    comm = crypten.communicator.get()
+    theirs = comm.broadcast_obj(fingerprint if rank == SERVER else None, SERVER)
+    agreed = comm.broadcast_obj(theirs == fingerprint if rank == CLIENT else None, CLIENT)
+    if not agreed:
+        raise ProtocolError("model fingerprint mismatch between server and client")
+    comm.reset_communication_stats()
+
+
+def build_encrypted_model(crypten: Any, spec: SessionSpec, state: dict | None) -> Any:
+    cfg = spec.config
+    model = inference_model(cfg, state)  # client: random skeleton, only shapes are used
+    apply_var_scales(model, spec.public.layernorm_var_scales)
+    model.use_ops(CryptenOps(ApproxConfig.from_dict(spec.public.approx)))
+    encrypt_parameters(model, crypten, src=SERVER)
+    return model
+
+
+def run_queries(crypten: Any, model: Any, spec: SessionSpec, rank: int, prompt: list[int] | None):
+    """The generation loop, identical on both parties; only the client has the prompt and learns
+    the revealed logits and the chosen tokens."""
+    result = PartyResult()
+    ids = list(prompt or [])
+    vocab = spec.config.vocab_size
+    comm = crypten.communicator.get()
+    for step in range(spec.new_tokens):
+        length = spec.prompt_length + step
+        comm.reset_communication_stats()
+        start, cpu_start = time.perf_counter(), time.process_time()
+        plain = one_hot(ids, vocab) if rank == CLIENT else torch.zeros(1, length, vocab)
+        with translate_peer_errors(f"computing token {step + 1}"):
+            x = crypten.cryptensor(plain, src=CLIENT)
+            logits = model(x, last_only=not spec.all_positions)
+            revealed = logits.get_plain_text(dst=CLIENT)  # None on the server
+        stats = comm.get_communication_stats()
+        result.steps.append(
+            {
+                "prompt_length": length,
+                "bytes": float(stats["bytes"]),
+                "rounds": float(stats["rounds"]),
+                "comm_s": float(stats["time"]),
+                "wall_s": time.perf_counter() - start,
+                "cpu_s": time.process_time() - cpu_start,
+            }
+        )
+        if rank == CLIENT:
+            result.logits.append(revealed[0])
+            next_token = int(revealed[0, -1].argmax())
+            result.tokens.append(next_token)
+            ids.append(next_token)
+    return result
+
+
+def run_party(spec: SessionSpec, rank: int, prompt: list[int] | None, state: dict | None):
+    """A whole session for the server (with `state`) or the client (with `prompt`)."""
+    crypten = start_crypten(spec, rank)
+    with translate_peer_errors("checking the model"):
+        check_same_model(crypten, rank, spec.public.fingerprint())
+    model = build_encrypted_model(crypten, spec, state)
+    result = run_queries(crypten, model, spec, rank, prompt)
+    with translate_peer_errors("closing the session"):
+        crypten.uninit()
+    return result
+
+
+def run_dealer(host: str, port: int, timeout_s: float, threads: int = 1) -> None:
+    """The trusted third party of one session: makes Beaver triples until rank 0 says stop.
+    It needs no model: triples are random ring elements of the shapes the parties ask for."""
+    os.environ.update(
+        WORLD_SIZE="2",
+        RANK=str(DEALER_RANK),
+        RENDEZVOUS=f"tcp://{host}:{port}",
+        DISTRIBUTED_BACKEND="gloo",
+    )
+    torch.set_num_threads(threads)
+    torch.manual_seed(secrets.randbits(63))  # the TTP seeds each party's generator from this
+    crypten = import_crypten()
+    crypten.cfg.mpc.provider = "TTP"
+    with distributed_timeout(timeout_s), translate_peer_errors("dealing"):
+        crypten.mpc.provider.TTPServer()  # returns on "terminate"; swallows a peer's failure

@@ -1,0 +1,139 @@
+"""The control channel between server, client and dealer: framed JSON messages and the handshake.
+
+Before any MPC work the server tells the client the PUBLIC facts of the model (architecture,
+tokenizer, approximation settings, LayerNorm calibration constants, dealer mode) and a fingerprint
+of them; the client recomputes the fingerprint and states what it wants (prompt length, tokens to
+generate). Secret data never travels on this channel: weights and prompts only exist as secret
+shares on the MPC channel.
+
+Frame: 4-byte big-endian length, then that many bytes of UTF-8 JSON holding an object with "type".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import struct
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from models.cli import UserError
+
+PROTOCOL_VERSION = 1
+MAX_FRAME_BYTES = 64 << 20  # the largest legitimate message is a 50K-vocabulary tokenizer (~3 MB)
+TRUST_LABELS = {
+    "ttp": "trusted third-party dealer process: neither party sees the other's secrets",
+    "tfp": "INSECURE: trusted first party, the server (party 0) makes every triple and sees all",
+}
+
+
+class ProtocolError(UserError):
+    """A peer that sent something malformed, unexpected, or for another protocol version."""
+
+
+class PeerError(UserError):
+    """A peer that cannot be reached, stopped answering, or went away."""
+
+
+def send_message(sock: socket.socket, message: dict[str, Any]) -> None:
+    body = json.dumps(message, sort_keys=True).encode()
+    try:
+        sock.sendall(struct.pack(">I", len(body)) + body)
+    except OSError as error:
+        raise PeerError(f"peer went away while sending ({error.strerror or error})") from None
+
+
+def _recv_exact(sock: socket.socket, size: int, deadline: float) -> bytes:
+    chunks, remaining = [], size
+    while remaining:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            chunk = sock.recv(min(remaining, 1 << 20))
+        except TimeoutError:
+            raise PeerError("peer sent nothing before the timeout") from None
+        except OSError as error:
+            raise PeerError(f"peer connection failed ({error.strerror or error})") from None
+        if not chunk:
+            raise PeerError("peer closed the connection")
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
+
+
+def recv_message(sock: socket.socket, timeout_s: float, expect: str | None = None) -> dict:
+    """One message; an "error" message from the peer becomes a ProtocolError with its text."""
+    deadline = time.monotonic() + timeout_s
+    (size,) = struct.unpack(">I", _recv_exact(sock, 4, deadline))
+    if size > MAX_FRAME_BYTES:
+        raise ProtocolError(f"peer announced a {size}-byte message (limit {MAX_FRAME_BYTES})")
+    try:
+        message = json.loads(_recv_exact(sock, size, deadline).decode())
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ProtocolError("peer sent a message that is not JSON") from None
+    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+        raise ProtocolError("peer sent a message without a type")
+    if message["type"] == "error":
+        raise ProtocolError(f"peer refused: {message.get('message', 'no reason given')}")
+    if expect is not None and message["type"] != expect:
+        raise ProtocolError(f"expected a {expect!r} message, got {message['type']!r}")
+    return message
+
+
+def connect(host: str, port: int, timeout_s: float, what: str) -> socket.socket:
+    """Connect, retrying refused connections until the timeout (the peer may still be starting)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            sock = socket.create_connection(
+                (host, port), timeout=max(0.1, deadline - time.monotonic())
+            )
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return sock
+        except OSError as error:
+            if time.monotonic() >= deadline:
+                reason = error.strerror or str(error) or type(error).__name__
+                raise PeerError(f"cannot reach the {what} at {host}:{port} ({reason})") from None
+            time.sleep(0.2)
+
+
+def listen(host: str, port: int, what: str) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        raise UserError(f"{what} cannot listen on {host}:{port} ({error.strerror})") from None
+    sock.listen(16)
+    return sock
+
+
+@dataclass(frozen=True)
+class PublicModel:
+    """Everything about the model that both parties may know: no weight values.
+
+    `layernorm_var_scales` are public calibration constants (one per LayerNorm, in module order)
+    that keep the MPC inverse square root in range; they reveal the typical activation variance.
+    """
+
+    config: dict[str, Any]
+    approx: dict[str, Any]
+    tokenizer_json: str
+    layernorm_var_scales: list[float]
+    dealer: str
+
+    def fingerprint(self) -> str:
+        body = json.dumps({"version": PROTOCOL_VERSION, **asdict(self)}, sort_keys=True)
+        return hashlib.sha256(body.encode()).hexdigest()
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> PublicModel:
+        try:
+            return cls(**data)
+        except TypeError as error:
+            raise ProtocolError(f"malformed model description ({error})") from None
