@@ -43,6 +43,15 @@ class Checkpoint:
         return model.eval()
 
 
+def random_checkpoint(cfg: ModelConfig, seed: int = 0) -> Checkpoint:
+    """Randomly initialised weights of an architecture, for cost measurements (the costs of
+    secure inference do not depend on weight values). It has no tokenizer: prompts are token ids."""
+    torch.manual_seed(seed)
+    model = GPT(cfg)
+    meta = {"status": "random-init", "random_weights": True, "seed": seed}
+    return Checkpoint(cfg, model.state_dict(), "", meta)
+
+
 def git_revision() -> str:
     try:
         out = subprocess.run(

@@ -100,7 +100,9 @@ def query(args: argparse.Namespace) -> dict:
         hello = recv_message(sock, args.timeout, expect="hello")
         public = check_public_model(hello, args.expect_fingerprint, args.expect_arch)
         cfg = ModelConfig.from_dict(public.config)
-        tokenizer = tokenizer_from_json(public.tokenizer_json)
+        tokenizer = tokenizer_from_json(public.tokenizer_json) if public.tokenizer_json else None
+        if args.prompt is not None and tokenizer is None:
+            raise UserError("the server has no tokenizer (random weights): give --tokens")
         raw = read_token_file(args.tokens) if args.tokens else tokenizer.encode(args.prompt).ids
         ids = validate_tokens(raw, cfg, args.max_new_tokens)
         send_message(
@@ -126,15 +128,25 @@ def query(args: argparse.Namespace) -> dict:
         args.all_positions,
         args.threads,
     )
-    result = run_party(spec, CLIENT, ids, None)
+
+    def report(step: int, result) -> None:
+        cost = result.steps[-1]
+        print(
+            f"client: token {step + 1}/{args.max_new_tokens}: id {result.tokens[-1]}, "
+            f"{cost['bytes'] / 1e6:.1f} MB, {cost['rounds']:.0f} rounds, {cost['wall_s']:.2f} s",
+            flush=True,
+        )
+
+    result = run_party(spec, CLIENT, ids, None, on_step=report)
     return {
         "arch": cfg.arch,
         "fingerprint": public.fingerprint(),
         "dealer": public.dealer,
         "trust": TRUST_LABELS[public.dealer],
+        "approx": public.approx,
         "prompt_ids": ids,
         "generated_ids": result.tokens,
-        "generated_text": tokenizer.decode(result.tokens),
+        "generated_text": tokenizer.decode(result.tokens) if tokenizer else None,
         "logits": [step.tolist() for step in result.logits],
         "steps": result.steps,
     }

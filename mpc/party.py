@@ -136,7 +136,9 @@ def build_encrypted_model(crypten: Any, spec: SessionSpec, state: dict | None) -
     return model
 
 
-def run_queries(crypten: Any, model: Any, spec: SessionSpec, rank: int, prompt: list[int] | None):
+def run_queries(
+    crypten: Any, model: Any, spec: SessionSpec, rank: int, prompt: list[int] | None, on_step=None
+) -> PartyResult:
     """The generation loop, identical on both parties; only the client has the prompt and learns
     the revealed logits and the chosen tokens."""
     result = PartyResult()
@@ -168,16 +170,21 @@ def run_queries(crypten: Any, model: Any, spec: SessionSpec, rank: int, prompt: 
             next_token = int(revealed[0, -1].argmax())
             result.tokens.append(next_token)
             ids.append(next_token)
+        if on_step is not None:
+            on_step(step, result)
     return result
 
 
-def run_party(spec: SessionSpec, rank: int, prompt: list[int] | None, state: dict | None):
-    """A whole session for the server (with `state`) or the client (with `prompt`)."""
+def run_party(
+    spec: SessionSpec, rank: int, prompt: list[int] | None, state: dict | None, on_step=None
+) -> PartyResult:
+    """A whole session for the server (with `state`) or the client (with `prompt`);
+    `on_step(step, result)` is called after each forward pass (progress reports)."""
     crypten = start_crypten(spec, rank)
     with translate_peer_errors("checking the model"):
         check_same_model(crypten, rank, spec.public.fingerprint())
     model = build_encrypted_model(crypten, spec, state)
-    result = run_queries(crypten, model, spec, rank, prompt)
+    result = run_queries(crypten, model, spec, rank, prompt, on_step)
     with translate_peer_errors("closing the session"):
         crypten.uninit()
     return result

@@ -13,10 +13,13 @@ import argparse
 import multiprocessing
 import socket
 import sys
+import tempfile
 from pathlib import Path
 
-from models.checkpoint import load_checkpoint
-from models.cli import UserError, run_main
+import torch
+
+from models.checkpoint import load_checkpoint, random_checkpoint, save_checkpoint
+from models.cli import UserError, add_config_args, config_from_args, run_main
 from mpc.approx import ApproxConfig, add_approx_arguments, approx_from_arguments
 from mpc.party import SessionSpec, run_party
 from mpc.protocol import (
@@ -37,8 +40,14 @@ def describe_model(checkpoint_path: str, approx: ApproxConfig, dealer: str) -> P
     checkpoint = load_checkpoint(checkpoint_path)
     model = inference_model(checkpoint.config, checkpoint.model_state)
     scales: list[float] = []
-    if checkpoint.config.norm == "layernorm":
-        tokens = calibration_tokens(checkpoint.tokenizer_json, checkpoint.config.block_size)
+    cfg = checkpoint.config
+    if cfg.norm == "layernorm":
+        if checkpoint.tokenizer_json:
+            tokens = calibration_tokens(checkpoint.tokenizer_json, cfg.block_size)
+        else:  # random weights have no tokenizer; random ids exercise them just as well
+            tokens = torch.randint(
+                0, cfg.vocab_size, (4, cfg.block_size), generator=torch.Generator().manual_seed(0)
+            )
         scales = calibrate_layernorms(model, tokens)
     return PublicModel(
         config=checkpoint.config.to_dict(),
@@ -192,7 +201,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m mpc.server", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--checkpoint", required=True)
+    weights = parser.add_mutually_exclusive_group(required=True)
+    weights.add_argument("--checkpoint", help="trained checkpoint to serve")
+    weights.add_argument(
+        "--random-arch",
+        metavar="ARCH",
+        help="serve random weights of ARCH (cost runs; no tokenizer)",
+    )
+    add_config_args(parser, arch_required=False)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=7000, help="control port")
     parser.add_argument("--mpc-port", type=int, help="MPC rendezvous port (default: port + 1)")
@@ -209,10 +225,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if not Path(args.checkpoint).is_file():
-        raise UserError(f"no checkpoint at {args.checkpoint}")
-    public = describe_model(args.checkpoint, approx_from_arguments(args), args.dealer)
-    return Server(args, public).serve()
+    with tempfile.TemporaryDirectory(prefix="aero-pi-server-") as scratch:
+        if args.random_arch:
+            cfg = config_from_args(args, arch=args.random_arch)
+            args.checkpoint = str(Path(scratch) / "random.pt")
+            save_checkpoint(args.checkpoint, random_checkpoint(cfg))
+            print(
+                f"server: serving RANDOM weights of {cfg.arch} ({args.preset}): costs are "
+                "real, outputs are meaningless",
+                flush=True,
+            )
+        if not Path(args.checkpoint).is_file():
+            raise UserError(f"no checkpoint at {args.checkpoint}")
+        public = describe_model(args.checkpoint, approx_from_arguments(args), args.dealer)
+        return Server(args, public).serve()
 
 
 def cli() -> None:

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from models.data import prepare_data
+from models.train import main as train_main
 
 TINY_VOCAB = 512
 TINY_FILES = 60  # enough text for a 512-token BPE and a few thousand validation tokens
@@ -28,3 +29,35 @@ def data_dir(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def tiny_data(data_dir):
     return prepare_data(data_dir, TINY_VOCAB, max_files=TINY_FILES)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory, data_dir, tiny_data):
+    """Tiny trained checkpoints of the four architectures the secure path must serve."""
+    folder = tmp_path_factory.mktemp("checkpoints")
+    paths = {}
+    for arch in ("baseline", "sm+ln+r", "sm+r", "aero"):
+        out = folder / f"{arch}.pt"
+        code = train_main(
+            [
+                "--arch",
+                arch,
+                "--preset",
+                "tiny",
+                "--steps",
+                "60",
+                "--eval-interval",
+                "60",
+                "--eval-batches",
+                "2",
+                "--data-dir",
+                data_dir,
+                "--max-files",
+                str(TINY_FILES),
+                "--out",
+                str(out),
+            ]
+        )
+        assert code == 0
+        paths[arch] = out
+    return paths

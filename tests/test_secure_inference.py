@@ -8,46 +8,12 @@ import pytest
 import torch
 
 from models.checkpoint import load_checkpoint
-from models.train import main as train_main
 from mpc.local import local_parties
-from tests.conftest import TINY_FILES
 
 # Max abs error of revealed logits against plaintext, measured on these tiny trained models
 # (16 fraction bits, default approximations); see the closing notes for the observed values.
 LOGIT_TOLERANCE = 0.05
 PROMPT_LENGTH = 10
-
-
-@pytest.fixture(scope="session")
-def tiny_checkpoints(tmp_path_factory, data_dir, tiny_data):
-    """Tiny trained checkpoints of the four architectures the secure path must serve."""
-    folder = tmp_path_factory.mktemp("checkpoints")
-    paths = {}
-    for arch in ("baseline", "sm+ln+r", "sm+r", "aero"):
-        out = folder / f"{arch}.pt"
-        code = train_main(
-            [
-                "--arch",
-                arch,
-                "--preset",
-                "tiny",
-                "--steps",
-                "60",
-                "--eval-interval",
-                "60",
-                "--eval-batches",
-                "2",
-                "--data-dir",
-                data_dir,
-                "--max-files",
-                str(TINY_FILES),
-                "--out",
-                str(out),
-            ]
-        )
-        assert code == 0
-        paths[arch] = out
-    return paths
 
 
 def prompt_ids(tiny_data, length: int = PROMPT_LENGTH) -> list[int]:
@@ -84,3 +50,14 @@ def test_two_party_logits_match_plaintext(arch, tiny_checkpoints, tiny_data, tmp
         if top2[0] - top2[1] > 2 * LOGIT_TOLERANCE:  # a near-tie may flip within the tolerance
             assert record["generated_ids"][step] == int(expected[position].argmax()), "top-1"
     assert all(step["bytes"] > 0 and step["rounds"] > 0 for step in record["steps"])
+
+
+def test_accuracy_report_compares_mpc_with_plaintext(tiny_checkpoints, data_dir):
+    from mpc.accuracy import accuracy_report
+
+    report = accuracy_report(str(tiny_checkpoints["sm+r"]), prompts=1, length=12,
+                             data_dir=data_dir)
+    assert report["positions"] == 12 and report["dealer"] == "ttp"
+    assert report["max_abs_error"] < LOGIT_TOLERANCE
+    assert report["top1_agreement"] >= 0.9
+    assert abs(report["ppl_mpc"] / report["ppl_plaintext"] - 1) < 0.02

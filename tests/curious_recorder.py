@@ -1,0 +1,237 @@
+"""Recording hooks for a curious (semi-honest) party: it follows the protocol to the letter and
+keeps everything it legitimately holds, so a test can later try to learn the other party's secret.
+
+What one party's transcript holds, in the order things happened:
+- "comm": every message this party RECEIVED through CrypTen's communicator: for a two-party sum
+  (all_reduce / reduce to us) the other party's share `opened - sent` (int64 wrap-around), for an
+  XOR reduction `opened ^ sent`; the opened value itself; tensors and objects that a broadcast,
+  recv, irecv, scatter, gather or all_gather delivered from another rank (the dealer included).
+- "triple": the output of every call to the tuple provider (TFP or TTP): this party's own shares,
+  and every ring element the provider module drew in plaintext during the call (in `tfp` mode party
+  0 draws the whole triple a, b; in `ttp` mode each party draws only its own shares from the seed
+  it got from the dealer).
+- "cryptensor": this party's own share of every CrypTensor created with a `src` (the client's
+  one-hot prompt, the server's weights).
+
+Installed by `tests.curious_server` / `tests.curious_client` at import time; the transcript of a
+session goes to `torch.save` at the path in `CURIOUS_TRANSCRIPT` when the session ends.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+from torch.distributed import ReduceOp
+
+from mpc.compat import import_crypten
+
+EVENTS: list[dict[str, Any]] = []
+_draws: list[torch.Tensor] | None = None  # plaintext ring elements of the provider call under way
+_installed = False
+
+PROVIDER_METHODS = (
+    "generate_additive_triple",
+    "square",
+    "generate_binary_triple",
+    "wrap_rng",
+    "B2A_rng",
+)
+RANDOM_DRAWS = ("generate_random_ring_element", "generate_kbit_random_tensor")
+
+
+def _plain(obj: Any) -> Any:
+    """A copy that `torch.load(weights_only=True)` reads back: tensors, numbers, strings, lists."""
+    if torch.is_tensor(obj):
+        return obj.detach().clone()
+    if isinstance(obj, list | tuple):  # torch.Size included
+        return [_plain(item) for item in obj]
+    if obj is None or isinstance(obj, bool | int | float | str):
+        return obj
+    return repr(obj)
+
+
+def _as_list(value: Any) -> list:
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def _other_share(sent: torch.Tensor, opened: torch.Tensor, op: Any) -> torch.Tensor:
+    """What the other party contributed to a two-party reduction (exact ring arithmetic)."""
+    return opened ^ sent if op == ReduceOp.BXOR else opened - sent
+
+
+def _reduction(call: dict, result: Any, rank: int, dst: int | None) -> dict:
+    sent = [_plain(t) for t in _as_list(call["input"])]
+    if dst is not None and dst != rank:  # we only sent our share
+        return {"sent": sent, "received": [], "opened": []}
+    opened = [_plain(t) for t in _as_list(result)]
+    received = [_other_share(s, o, call["op"]) for s, o in zip(sent, opened, strict=True)]
+    return {"sent": sent, "received": received, "opened": opened, "op": str(call["op"])}
+
+
+def _from_others(values: list, rank: int) -> list:
+    return [_plain(value) for index, value in enumerate(values) if index != rank]
+
+
+def _received(name: str, call: dict, result: Any, rank: int) -> dict | None:
+    """The event of one communicator call as this party sees it; None if it received nothing."""
+    if name == "all_reduce":
+        return _reduction(call, result, rank, None)
+    if name == "reduce":
+        return _reduction(call, result, rank, call["dst"])
+    if name in ("broadcast", "broadcast_obj", "scatter"):
+        if call["src"] == rank:
+            return None
+        return {"src": call["src"], "received": [_plain(v) for v in _as_list(result)]}
+    if name in ("recv", "recv_obj"):
+        return {"src": call.get("src"), "received": [_plain(result)]}
+    if name == "irecv":  # filled in when the caller waits: keep the tensor itself
+        return {"src": call.get("src"), "received": [call["tensor"]]}
+    if name == "gather":
+        return {"received": _from_others(result, rank)} if call["dst"] == rank else None
+    if name == "all_gather":
+        return {"received": _from_others(result, rank)}
+    raise ValueError(f"no recorder for communicator method {name}")
+
+
+COMM_METHODS = (
+    "all_reduce",
+    "reduce",
+    "broadcast",
+    "broadcast_obj",
+    "scatter",
+    "recv",
+    "recv_obj",
+    "irecv",
+    "gather",
+    "all_gather",
+)
+
+
+def _record_comm(cls: type, name: str) -> None:
+    original = getattr(cls, name)
+    signature = inspect.signature(original)
+
+    @functools.wraps(original)
+    def recording(self, *args, **kwargs):
+        result = original(self, *args, **kwargs)
+        bound = signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        event = _received(name, dict(bound.arguments), result, self.get_rank())
+        if event is not None:
+            EVENTS.append({"kind": "comm", "method": name, **event})
+        return result
+
+    setattr(cls, name, recording)
+
+
+def _record_provider(cls: type, name: str) -> None:
+    original = getattr(cls, name)
+
+    @functools.wraps(original)
+    def recording(self, *args, **kwargs):
+        global _draws
+        _draws = []
+        try:
+            outputs = original(self, *args, **kwargs)
+        finally:
+            draws, _draws = _draws, None
+        op = args[2] if len(args) > 2 else kwargs.get("op")
+        EVENTS.append(
+            {
+                "kind": "triple",
+                "function": name,
+                "provider": cls.NAME,
+                "op": op if isinstance(op, str) else None,
+                "own_shares": [_plain(t.share) for t in outputs],
+                "drawn": draws,
+            }
+        )
+        return outputs
+
+    setattr(cls, name, recording)
+
+
+def _record_draws(module: ModuleType, name: str) -> None:
+    original = getattr(module, name)
+
+    @functools.wraps(original)
+    def drawing(*args, **kwargs):
+        value = original(*args, **kwargs)
+        if _draws is not None:
+            _draws.append(value.clone())
+        return value
+
+    setattr(module, name, drawing)
+
+
+def _record_cryptensors(crypten: ModuleType) -> None:
+    original = crypten.cryptensor
+
+    @functools.wraps(original)
+    def cryptensor(*args, **kwargs):
+        value = original(*args, **kwargs)
+        src = kwargs.get("src")
+        if src is not None:
+            EVENTS.append({"kind": "cryptensor", "src": src, "share": _plain(value.share)})
+        return value
+
+    crypten.cryptensor = cryptensor
+
+
+def install() -> None:
+    """Hook the communicator, both tuple providers and `crypten.cryptensor` (idempotent)."""
+    global _installed
+    if _installed:
+        return
+    crypten = import_crypten()
+    from crypten.communicator.distributed_communicator import DistributedCommunicator
+    from crypten.mpc.provider import tfp_provider, ttp_provider
+
+    for name in COMM_METHODS:
+        _record_comm(DistributedCommunicator, name)
+    for cls in (tfp_provider.TrustedFirstParty, ttp_provider.TrustedThirdParty):
+        for name in PROVIDER_METHODS:
+            _record_provider(cls, name)
+    for module in (tfp_provider, ttp_provider):
+        for name in RANDOM_DRAWS:
+            _record_draws(module, name)
+    _record_cryptensors(crypten)
+    _installed = True
+
+
+def save_transcript(role: str, rank: int, dealer: str) -> Path | None:
+    """Write this session's events to $CURIOUS_TRANSCRIPT (pid appended if it already exists)."""
+    path = os.environ.get("CURIOUS_TRANSCRIPT")
+    if not path:
+        return None
+    target = Path(path)
+    if target.exists():
+        target = target.with_name(f"{target.name}.{os.getpid()}")
+    events = [dict(event) for event in EVENTS]
+    for event in events:  # irecv buffers were filled after they were recorded
+        if "received" in event:
+            event["received"] = [_plain(item) for item in event["received"]]
+    torch.save({"role": role, "rank": rank, "dealer": dealer, "events": events}, target)
+    EVENTS.clear()
+    return target
+
+
+def record_sessions_of(module: ModuleType, role: str) -> None:
+    """Wrap `module.run_party` so that each session's transcript is saved when it ends."""
+    original = module.run_party
+
+    @functools.wraps(original)
+    def run_party(spec, rank, *args, **kwargs):
+        EVENTS.clear()
+        try:
+            return original(spec, rank, *args, **kwargs)
+        finally:
+            save_transcript(role, rank, spec.dealer)
+
+    module.run_party = run_party

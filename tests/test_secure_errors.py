@@ -1,0 +1,203 @@
+"""Bad input and failing peers: one clear line, a non-zero exit, no hang, and the server goes on."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from mpc.local import free_port, local_parties
+from mpc.protocol import PROTOCOL_VERSION, connect, recv_message, send_message
+
+EXIT_USER_ERROR = 2
+
+
+def run(args: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, fragment: str) -> None:
+    assert result.returncode == EXIT_USER_ERROR, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def parties(tiny_checkpoints, tmp_path_factory):
+    """One server (with dealer) shared by the tests below: it must survive each of them."""
+    logs = tmp_path_factory.mktemp("error-logs")
+    with local_parties(
+        tiny_checkpoints["baseline"], dealer="ttp", logs=str(logs), timeout_s=20
+    ) as running:
+        yield running
+
+
+def tokens_file(tmp_path, ids) -> str:
+    path = tmp_path / "tokens.json"
+    path.write_text(json.dumps(ids))
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "ids, fragment",
+    [
+        (list(range(17)), "too long: the context is 16"),
+        ([1, 2, 512], "token id 512 is outside the vocabulary [0, 512)"),
+        ([1, -3], "token id -3 is outside the vocabulary"),
+        (["x1"], "is not an integer"),
+        ([], "the prompt is empty"),
+    ],
+)
+def test_bad_prompts_are_refused_before_any_mpc_work(parties, tmp_path, ids, fragment):
+    stderr = parties.client("--tokens", tokens_file(tmp_path, ids), check=False)
+    assert stderr.count("\n") == 1 and fragment in stderr, stderr
+
+
+def test_generation_must_fit_the_context(parties, tmp_path):
+    stderr = parties.client(
+        "--tokens", tokens_file(tmp_path, list(range(10))), "--max-new-tokens", "8", check=False
+    )
+    assert "too long" in stderr and "7 generated token(s) must fit" in stderr
+
+
+def test_fingerprint_and_architecture_mismatch(parties):
+    stderr = parties.client("--prompt", "x", "--expect-fingerprint", "deadbeef", check=False)
+    assert "model fingerprint mismatch" in stderr
+    stderr = parties.client("--prompt", "x", "--expect-arch", "aero", check=False)
+    assert "model mismatch: server offers SM+LN+G, expected EReg(SM(t)+ScFuFFN)" in stderr
+
+
+@pytest.mark.parametrize(
+    "request_changes, fragment",
+    [
+        ({"fingerprint": "0" * 64}, "model fingerprint mismatch"),
+        ({"version": 99}, "protocol version 99"),
+        ({"prompt_length": 0}, "prompt_length must be a positive integer"),
+        ({"prompt_length": "5"}, "prompt_length must be a positive integer"),
+        ({"new_tokens": 20}, "exceeds the context of 16"),
+    ],
+)
+def test_server_refuses_malformed_requests(parties, request_changes, fragment):
+    with connect(parties.host, parties.port, 10, "server") as sock:
+        hello = recv_message(sock, 10, expect="hello")
+        request = {
+            "type": "request",
+            "version": PROTOCOL_VERSION,
+            "fingerprint": hello["fingerprint"],
+            "prompt_length": 4,
+            "new_tokens": 1,
+            **request_changes,
+        }
+        send_message(sock, request)
+        with pytest.raises(Exception, match=fragment):
+            recv_message(sock, 10)
+
+
+def test_garbage_bytes_on_the_port(parties):
+    with socket.create_connection((parties.host, parties.port), timeout=10) as sock:
+        sock.sendall(b"\xff" * 64 + b"GET / HTTP/1.0\r\n\r\n")
+        time.sleep(0.5)
+
+
+def test_server_still_answers_after_all_of_the_above(parties, tmp_path):
+    record = parties.client("--tokens", tokens_file(tmp_path, [5, 6, 7]))
+    assert len(record["generated_ids"]) == 1
+    assert "failed" in (parties.logs / "server.log").read_text()
+
+
+def test_unreachable_server():
+    result = run(["mpc.client", "--prompt", "x", "--port", str(free_port()), "--timeout", "1"])
+    assert_one_line_error(result, "cannot reach the server at 127.0.0.1:")
+
+
+def test_corrupt_checkpoint_and_port_in_use(tmp_path, tiny_checkpoints):
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(tiny_checkpoints["baseline"].read_bytes()[:5000])
+    assert_one_line_error(run(["mpc.server", "--checkpoint", str(corrupt)]), "not a readable")
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen(1)
+        port = holder.getsockname()[1]
+        result = run(
+            ["mpc.server", "--checkpoint", str(tiny_checkpoints["baseline"]), "--port", str(port)]
+        )
+    assert_one_line_error(result, f"server cannot listen on 127.0.0.1:{port}")
+
+
+def test_server_vanishing_mid_query_ends_the_client(tiny_checkpoints, tmp_path):
+    timeout = 15
+    with local_parties(tiny_checkpoints["baseline"], logs=str(tmp_path), timeout_s=timeout) as p:
+        progress = tmp_path / "client.out"
+        client = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mpc.client",
+                "--port",
+                str(p.port),
+                "--tokens",
+                tokens_file(tmp_path, [1, 2, 3]),
+                "--max-new-tokens",
+                "12",
+                "--timeout",
+                str(timeout),
+            ],
+            stdout=progress.open("w"),
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        wait_for(lambda: "token 1/12" in progress.read_text(), 120)  # inside the MPC session
+        os.killpg(p.processes["server"].pid, signal.SIGKILL)
+        started = time.monotonic()
+        stderr = client.communicate(timeout=timeout + 30)[1]
+    assert client.returncode == EXIT_USER_ERROR, stderr
+    assert stderr.count("\n") == 1 and "MPC session failed" in stderr, stderr
+    assert time.monotonic() - started < timeout + 10
+
+
+def test_client_vanishing_mid_query_leaves_the_server_serving(tiny_checkpoints, tmp_path):
+    with local_parties(tiny_checkpoints["baseline"], logs=str(tmp_path), timeout_s=15) as p:
+        progress = tmp_path / "client.out"
+        client = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mpc.client",
+                "--port",
+                str(p.port),
+                "--tokens",
+                tokens_file(tmp_path, [1, 2, 3]),
+                "--max-new-tokens",
+                "12",
+            ],
+            stdout=progress.open("w"),
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        wait_for(lambda: "token 1/12" in progress.read_text(), 120)
+        os.killpg(client.pid, signal.SIGKILL)
+        client.wait()
+        wait_for(lambda: "failed" in (tmp_path / "server.log").read_text(), 40)
+        record = p.client("--tokens", tokens_file(tmp_path, [4, 5]))
+    assert len(record["generated_ids"]) == 1
+
+
+def wait_for(condition, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if condition():
+                return
+        except FileNotFoundError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("condition not reached in time")
