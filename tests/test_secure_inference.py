@@ -55,8 +55,7 @@ def test_two_party_logits_match_plaintext(arch, tiny_checkpoints, tiny_data, tmp
 def test_accuracy_report_compares_mpc_with_plaintext(tiny_checkpoints, data_dir):
     from mpc.accuracy import accuracy_report
 
-    report = accuracy_report(str(tiny_checkpoints["sm+r"]), prompts=1, length=12,
-                             data_dir=data_dir)
+    report = accuracy_report(str(tiny_checkpoints["sm+r"]), prompts=1, length=12, data_dir=data_dir)
     assert report["positions"] == 12 and report["dealer"] == "ttp"
     assert report["max_abs_error"] < LOGIT_TOLERANCE
     assert report["top1_agreement"] >= 0.9
