@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from models.atomic import atomic_write
 from models.config import ConfigError, ModelConfig
 from models.gpt import GPT
 
@@ -77,9 +78,7 @@ def save_checkpoint(path: str | os.PathLike, checkpoint: Checkpoint) -> None:
         "meta": checkpoint.meta,
         "optimizer": checkpoint.optimizer_state,
     }
-    partial = path.with_name(path.name + f".partial-{os.getpid()}")
-    torch.save(payload, partial)
-    os.replace(partial, path)
+    atomic_write(path, lambda temporary: torch.save(payload, temporary))
 
 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:

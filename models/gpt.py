@@ -57,6 +57,33 @@ class Activation(nn.Module):
         return getattr(self.ops, self.kind)(x)
 
 
+class MatMul(nn.Module):
+    """a @ b as a module, so the attention matmuls and the LM head are visible to cost hooks."""
+
+    def forward(self, a: Tensor, b: Tensor) -> Tensor:
+        return a.matmul(b)
+
+
+class Softmax(nn.Module):
+    def __init__(self, ops: TensorOps) -> None:
+        super().__init__()
+        self.ops = ops
+
+    def forward(self, scores: Tensor) -> Tensor:
+        return self.ops.softmax(scores, dim=-1)
+
+
+class Embed(nn.Module):
+    """Token embedding through `ops.embed` (ids index; one-hot rows multiply) plus positions."""
+
+    def __init__(self, ops: TensorOps) -> None:
+        super().__init__()
+        self.ops = ops
+
+    def forward(self, tokens: Tensor, table: Tensor, positions: Tensor) -> Tensor:
+        return self.ops.embed(tokens, table) + positions
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig, ops: TensorOps) -> None:
         super().__init__()
@@ -66,7 +93,7 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = Linear(d, d, cfg.bias, std=proj_std)
         self.temperature = AttentionTemperature(cfg) if cfg.attn_temperature else nn.Identity()
         self.mask_value = cfg.mask_value
-        self.ops = ops
+        self.qk, self.softmax, self.av = MatMul(), Softmax(ops), MatMul()
         self.register_buffer("keep", causal_keep(cfg.block_size), persistent=False)
 
     def forward(self, x: Tensor, attention_sink: list | None = None) -> Tensor:
@@ -78,12 +105,12 @@ class CausalSelfAttention(nn.Module):
             .transpose(1, 2)
             for i in range(3)
         )  # each (B, nh, T, hs)
-        scores = q.matmul(k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_size))  # (B, nh, T, T)
+        scores = self.qk(q, k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_size))  # (B,nh,T,T)
         scores = apply_causal_mask(self.temperature(scores), self.keep[:T, :T], self.mask_value)
-        probs = self.ops.softmax(scores, dim=-1)
+        probs = self.softmax(scores)
         if attention_sink is not None:
             attention_sink.append(probs)
-        y = probs.matmul(v)  # (B, nh, T, hs)
+        y = self.av(probs, v)  # (B, nh, T, hs)
         return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
 
 
@@ -201,6 +228,7 @@ class GPT(nn.Module):
         )
         nn.init.normal_(self.transformer.wte.weight, std=0.02)
         nn.init.normal_(self.transformer.wpe.weight, std=0.01)
+        self.embed, self.lm_head = Embed(ops), MatMul()
         # Training-only: per-head learnable entropy thresholds; never part of inference.
         self.entropy_reg = EntropyRegularizer(cfg) if cfg.entropy_reg else None
 
@@ -212,13 +240,13 @@ class GPT(nn.Module):
         The LM head is tied to the token embedding, as in GPT-2."""
         T = tokens.size(1)
         wte = self.transformer.wte.weight
-        x = self.ops.embed(tokens, wte) + self.transformer.wpe.weight[:T]  # (B, T, C)
+        x = self.embed(tokens, wte, self.transformer.wpe.weight[:T])  # (B, T, C)
         for block in self.transformer.h:
             x = block(x, attention_sink)
         x = self.transformer.ln_f(x)
         if last_only:
             x = x[:, T - 1 : T]
-        return x.matmul(wte.transpose(0, 1))  # (B, T, V)
+        return self.lm_head(x, wte.transpose(0, 1))  # (B, T, V)
 
     def use_ops(self, ops: TensorOps) -> None:
         """Swap the tensor-type-specific operations everywhere (plaintext <-> MPC)."""

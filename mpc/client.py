@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
+from models.atomic import atomic_write_json
 from models.cli import UserError, run_main
 from models.config import ModelConfig, canonical_arch
 from models.data import tokenizer_from_json
@@ -152,13 +152,6 @@ def query(args: argparse.Namespace) -> dict:
     }
 
 
-def write_json_atomically(path: str, record: dict) -> None:
-    target = Path(path)
-    partial = target.with_name(target.name + f".partial-{os.getpid()}")
-    partial.write_text(json.dumps(record))
-    os.replace(partial, target)
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m mpc.client", description=__doc__.split("\n")[0]
@@ -189,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     record = query(args)
     if args.json_out:
-        write_json_atomically(args.json_out, record)
+        atomic_write_json(args.json_out, record)
     total_mb = sum(step["bytes"] for step in record["steps"]) / 1e6
     wall = sum(step["wall_s"] for step in record["steps"])
     print(f"client: {record['arch']}, dealer {record['dealer']} ({record['trust']})")

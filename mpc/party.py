@@ -12,7 +12,6 @@ import contextlib
 import functools
 import os
 import secrets
-import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -22,6 +21,7 @@ import torch
 from models.config import ModelConfig
 from mpc.approx import ApproxConfig, apply_to_crypten
 from mpc.compat import import_crypten
+from mpc.measure import GLOBAL_LAYER, CostRecorder, attach_cost_hooks, socket_bytes
 from mpc.ops import CryptenOps
 from mpc.protocol import PeerError, ProtocolError, PublicModel
 from mpc.secure_model import (
@@ -140,29 +140,34 @@ def run_queries(
     crypten: Any, model: Any, spec: SessionSpec, rank: int, prompt: list[int] | None, on_step=None
 ) -> PartyResult:
     """The generation loop, identical on both parties; only the client has the prompt and learns
-    the revealed logits and the chosen tokens."""
+    the revealed logits and the chosen tokens. Each step records this party's costs per
+    (layer, category) and the kernel's socket byte count beside CrypTen's."""
     result = PartyResult()
     ids = list(prompt or [])
     vocab = spec.config.vocab_size
     comm = crypten.communicator.get()
+    recorder = CostRecorder(comm)
+    attach_cost_hooks(model, recorder)
     for step in range(spec.new_tokens):
         length = spec.prompt_length + step
         comm.reset_communication_stats()
-        start, cpu_start = time.perf_counter(), time.process_time()
+        recorder.reset()
+        os_start = socket_bytes()
         plain = one_hot(ids, vocab) if rank == CLIENT else torch.zeros(1, length, vocab)
         with translate_peer_errors(f"computing token {step + 1}"):
-            x = crypten.cryptensor(plain, src=CLIENT)
-            logits = model(x, last_only=not spec.all_positions)
-            revealed = logits.get_plain_text(dst=CLIENT)  # None on the server
-        stats = comm.get_communication_stats()
+            with recorder.measure(GLOBAL_LAYER, "other"):  # keeps what no category claimed
+                with recorder.measure(GLOBAL_LAYER, "input_share"):
+                    x = crypten.cryptensor(plain, src=CLIENT)
+                logits = model(x, last_only=not spec.all_positions)
+                with recorder.measure(GLOBAL_LAYER, "reveal"):
+                    revealed = logits.get_plain_text(dst=CLIENT)  # None on the server
+        total = recorder.total()
         result.steps.append(
             {
                 "prompt_length": length,
-                "bytes": float(stats["bytes"]),
-                "rounds": float(stats["rounds"]),
-                "comm_s": float(stats["time"]),
-                "wall_s": time.perf_counter() - start,
-                "cpu_s": time.process_time() - cpu_start,
+                **vars(total),
+                "os_bytes": socket_bytes() - os_start,
+                "ops": recorder.rows(),
             }
         )
         if rank == CLIENT:

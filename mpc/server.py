@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from models.atomic import atomic_write_json
 from models.checkpoint import load_checkpoint, random_checkpoint, save_checkpoint
 from models.cli import UserError, add_config_args, config_from_args, run_main
 from mpc.approx import ApproxConfig, add_approx_arguments, approx_from_arguments
@@ -114,6 +115,7 @@ class Server:
     def __init__(self, args: argparse.Namespace, public: PublicModel) -> None:
         self.args, self.public = args, public
         self.context = multiprocessing.get_context("spawn")
+        self.queries = 0
 
     def book_dealer(self, port: int) -> None:
         host, _, dealer_port = self.args.dealer_address.rpartition(":")
@@ -171,6 +173,17 @@ class Server:
         status, payload = wait_for_result(party, results)
         if status != "ok":
             raise UserError(payload)
+        self.queries += 1
+        if args.measure_dir:
+            record = {
+                "party": "server",
+                "query": self.queries,
+                "arch": public.config["arch"],
+                "dealer": public.dealer,
+                "approx": public.approx,
+                "steps": payload,
+            }
+            atomic_write_json(Path(args.measure_dir) / f"server-{self.queries}.json", record)
         total = sum(step["bytes"] for step in payload)
         wall = sum(step["wall_s"] for step in payload)
         return f"{length}-token prompt, {new_tokens} token(s), {total / 1e6:.1f} MB, {wall:.2f} s"
@@ -217,6 +230,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds any wait may last")
     parser.add_argument("--max-queries", type=int, help="exit after this many answered queries")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the party")
+    parser.add_argument("--measure-dir", help="write each query's per-operation costs here")
     add_approx_arguments(parser)
     args = parser.parse_args(argv)
     args.mpc_port = args.mpc_port or args.port + 1

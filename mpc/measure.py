@@ -1,0 +1,179 @@
+"""Measuring one party's cost per operation: one context manager, attached to the model by hooks.
+
+`CostRecorder.measure(layer, category)` records bytes, rounds, communication seconds (CrypTen's
+own counters), wall seconds and CPU seconds of what runs inside it. Measurements nest and are
+EXCLUSIVE: a parent (say the scaled FFN residual) is charged only for what its children (the FFN
+linears) did not already record, so the categories of a forward pass add up to its total.
+
+`attach_cost_hooks` puts that context manager around every module of the model whose cost is a
+category of the benchmark (projections, attention matmuls, softmax, LayerNorm, activations,
+scaling, embedding, LM head): no timing code is pasted into the forward pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import subprocess
+import time
+from collections import defaultdict
+from dataclasses import dataclass, fields
+from typing import Any
+
+from torch import nn
+
+from models.gpt import (
+    Activation,
+    AttentionTemperature,
+    CausalSelfAttention,
+    Embed,
+    FeedForward,
+    LayerNorm,
+    Linear,
+    MatMul,
+    ScaledResidual,
+    Softmax,
+)
+
+CATEGORIES = (
+    "embedding", "qkv_proj", "attn_qk", "scaling", "softmax", "attn_av", "out_proj", "layernorm",
+    "ffn_linear", "gelu", "relu", "lm_head", "input_share", "reveal", "other",
+)  # fmt: skip
+GLOBAL_LAYER = -1  # embedding, final LayerNorm, LM head, input sharing, reveal
+
+
+@dataclass
+class Cost:
+    bytes: float = 0.0
+    rounds: float = 0.0
+    comm_s: float = 0.0
+    wall_s: float = 0.0
+    cpu_s: float = 0.0
+    calls: int = 0
+
+    def add(self, other: Cost, sign: float = 1.0) -> None:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + sign * getattr(other, f.name))
+
+
+class CostRecorder:
+    """Exclusive per-(layer, category) costs of one party, from CrypTen's communication counters."""
+
+    def __init__(self, comm: Any) -> None:
+        self.comm = comm
+        self.costs: dict[tuple[int, str], Cost] = defaultdict(Cost)
+        self._children: list[Cost] = []  # stack: inclusive cost of finished children, per level
+
+    def _snapshot(self) -> Cost:
+        stats = self.comm.get_communication_stats()
+        return Cost(
+            float(stats["bytes"]),
+            float(stats["rounds"]),
+            float(stats["time"]),
+            time.perf_counter(),
+            time.process_time(),
+        )
+
+    @contextlib.contextmanager
+    def measure(self, layer: int, category: str):
+        if category not in CATEGORIES:
+            raise ValueError(f"unknown cost category {category!r}")
+        start = self._snapshot()
+        self._children.append(Cost())
+        try:
+            yield
+        finally:
+            inclusive = self._snapshot()
+            inclusive.add(start, -1.0)
+            exclusive = Cost()
+            exclusive.add(inclusive)
+            exclusive.add(self._children.pop(), -1.0)
+            exclusive.calls = 1
+            self.costs[(layer, category)].add(exclusive)
+            if self._children:
+                self._children[-1].add(inclusive)
+
+    def reset(self) -> None:
+        self.costs.clear()
+
+    def total(self) -> Cost:
+        """The sum over every (layer, category): the whole measured span, as categories nest."""
+        total = Cost()
+        for cost in self.costs.values():
+            total.add(cost)
+        total.calls = 1
+        return total
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [
+            {"layer": layer, "category": category, **vars(cost)}
+            for (layer, category), cost in sorted(self.costs.items())
+        ]
+
+
+def module_category(name: str, module: nn.Module) -> str | None:
+    """The benchmark category of a module, or None if it is only a container."""
+    if isinstance(module, Linear):
+        if name.endswith("attn.c_attn"):
+            return "qkv_proj"
+        return "out_proj" if ".attn." in name else "ffn_linear"
+    if isinstance(module, MatMul):
+        return {"qk": "attn_qk", "av": "attn_av", "lm_head": "lm_head"}[name.rsplit(".", 1)[-1]]
+    if isinstance(module, Activation):
+        return module.kind
+    table = {
+        Softmax: "softmax",
+        LayerNorm: "layernorm",
+        Embed: "embedding",
+        ScaledResidual: "scaling",
+        AttentionTemperature: "scaling",
+    }
+    return next((c for kind, c in table.items() if isinstance(module, kind)), None)
+
+
+def layer_of(name: str) -> int:
+    found = re.search(r"\.h\.(\d+)\.", name + ".")
+    return int(found.group(1)) if found else GLOBAL_LAYER
+
+
+def attach_cost_hooks(model: nn.Module, recorder: CostRecorder) -> list:
+    """Wrap every categorized module's forward in `recorder.measure`; returns the hook handles."""
+    handles = []
+    for name, module in model.named_modules():
+        category = module_category(name, module)
+        if category is None:
+            continue
+        assert not isinstance(module, CausalSelfAttention | FeedForward)
+        layer, contexts = layer_of(name), []
+
+        def enter(_module, _args, layer=layer, category=category, contexts=contexts):
+            context = recorder.measure(layer, category)
+            context.__enter__()
+            contexts.append(context)
+
+        def leave(_module, _args, _output, contexts=contexts):
+            contexts.pop().__exit__(None, None, None)
+
+        handles.append(module.register_forward_pre_hook(enter))
+        handles.append(module.register_forward_hook(leave))
+    return handles
+
+
+def socket_bytes(pid: int | None = None) -> int:
+    """Kernel TCP payload counters (bytes sent + received) over all of a process's sockets, from
+    `ss`: an independent check of CrypTen's own byte count. -1 where `ss` is unavailable."""
+    pid = os.getpid() if pid is None else pid
+    try:
+        out = subprocess.run(["ss", "-tinpH"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return -1
+    total, owner, mine = 0, f"pid={pid},", False
+    for line in out.splitlines():
+        if not line[:1].isspace():  # a socket's first line names its owner; details follow
+            mine = owner in line
+        elif mine:
+            for key in ("bytes_sent", "bytes_received"):
+                found = re.search(rf"\b{key}:(\d+)", line)
+                total += int(found.group(1)) if found else 0
+    return total
