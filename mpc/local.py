@@ -92,14 +92,16 @@ def _start(name: str, command: list[str], logs: Path) -> subprocess.Popen:
 
 @contextlib.contextmanager
 def local_parties(
-    checkpoint: str,
+    checkpoint: str | None,
     dealer: str = "ttp",
     host: str = "127.0.0.1",
     timeout_s: float = 60,
     server_args: tuple[str, ...] = (),
     logs: str | None = None,
 ) -> Iterator[LocalParties]:
-    """Server (and dealer in ttp mode) running in the background until the block ends."""
+    """Server (and dealer in ttp mode) running in the background until the block ends.
+    With `checkpoint` None, `server_args` choose the weights (e.g. --random-arch aero --preset
+    tiny)."""
     folder = Path(logs or tempfile.mkdtemp(prefix="aero-pi-parties-"))
     folder.mkdir(parents=True, exist_ok=True)
     port, dealer_port = free_port(host), free_port(host, span=1)
@@ -126,8 +128,7 @@ def local_parties(
             [
                 *python,
                 "mpc.server",
-                "--checkpoint",
-                str(checkpoint),
+                *(["--checkpoint", str(checkpoint)] if checkpoint else []),
                 "--host",
                 host,
                 "--port",
