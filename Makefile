@@ -8,10 +8,9 @@ $(VENV)/.ready: pyproject.toml scripts/setup.sh
 	VENV=$(VENV) bash scripts/setup.sh
 	touch $@
 
+# Genuine two-party secure inference of every architecture (tiny preset, random weights).
 demo: setup
-	$(PY) -m models.train --arch baseline --preset small --steps 200 --out runs/demo-baseline.pt
-	$(PY) -m models.train --arch aero --preset small --steps 200 --out runs/demo-aero.pt
-	$(PY) -m models.analyze --checkpoint runs/demo-aero.pt --out runs/demo-aero-entropy
+	$(PY) bench/run.py --arch all --preset tiny
 
 test: setup
 	$(PY) -m pytest -q

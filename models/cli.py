@@ -16,8 +16,15 @@ class UserError(Exception):
     """Base for every failure caused by input or environment, reported as one line."""
 
 
-def add_config_args(parser: argparse.ArgumentParser, arch_required: bool = True) -> None:
-    parser.add_argument("--arch", required=arch_required, help="variant name, e.g. baseline, aero")
+def add_config_args(
+    parser: argparse.ArgumentParser, arch_required: bool = True, many_archs: bool = False
+) -> None:
+    parser.add_argument(
+        "--arch",
+        required=arch_required,
+        nargs="+" if many_archs else None,
+        help="variant name(s), e.g. baseline aero (or all)" if many_archs else "variant name",
+    )
     parser.add_argument("--preset", default="small", choices=tuple(PRESETS))
     parser.add_argument(
         "--set",

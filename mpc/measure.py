@@ -13,6 +13,7 @@ scaling, embedding, LM head): no timing code is pasted into the forward pass.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import subprocess
@@ -160,20 +161,31 @@ def attach_cost_hooks(model: nn.Module, recorder: CostRecorder) -> list:
     return handles
 
 
-def socket_bytes(pid: int | None = None) -> int:
-    """Kernel TCP payload counters (bytes sent + received) over all of a process's sockets, from
-    `ss`: an independent check of CrypTen's own byte count. -1 where `ss` is unavailable."""
+def socket_counters(pid: int | None = None) -> dict[str, int] | None:
+    """Kernel TCP payload counters (bytes sent + received) per socket of a process, keyed by its
+    address pair, from `ss`: an independent check of CrypTen's own byte count. None where `ss`
+    is unavailable."""
     pid = os.getpid() if pid is None else pid
     try:
         out = subprocess.run(["ss", "-tinpH"], capture_output=True, text=True, timeout=10).stdout
     except (OSError, subprocess.SubprocessError):
-        return -1
-    total, owner, mine = 0, f"pid={pid},", False
+        return None
+    counters: dict[str, int] = {}
+    owner, key = f"pid={pid},", None
     for line in out.splitlines():
         if not line[:1].isspace():  # a socket's first line names its owner; details follow
-            mine = owner in line
-        elif mine:
-            for key in ("bytes_sent", "bytes_received"):
-                found = re.search(rf"\b{key}:(\d+)", line)
-                total += int(found.group(1)) if found else 0
-    return total
+            fields_ = line.split()
+            key = " ".join(fields_[3:5]) if owner in line else None
+        elif key is not None:
+            for name in ("bytes_sent", "bytes_received"):
+                found = re.search(rf"\b{name}:(\d+)", line)
+                counters[key] = counters.get(key, 0) + (int(found.group(1)) if found else 0)
+    return counters
+
+
+def socket_bytes_between(start: dict[str, int] | None, end: dict[str, int] | None) -> float:
+    """Bytes moved between two snapshots: per socket, end minus start (new sockets count whole).
+    A socket closed in between is lost to this count; NaN without `ss`."""
+    if start is None or end is None:
+        return math.nan
+    return float(sum(count - start.get(key, 0) for key, count in end.items()))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import resource
 import secrets
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -21,7 +22,13 @@ import torch
 from models.config import ModelConfig
 from mpc.approx import ApproxConfig, apply_to_crypten
 from mpc.compat import import_crypten
-from mpc.measure import GLOBAL_LAYER, CostRecorder, attach_cost_hooks, socket_bytes
+from mpc.measure import (
+    GLOBAL_LAYER,
+    CostRecorder,
+    attach_cost_hooks,
+    socket_bytes_between,
+    socket_counters,
+)
 from mpc.ops import CryptenOps
 from mpc.protocol import PeerError, ProtocolError, PublicModel
 from mpc.secure_model import (
@@ -152,7 +159,7 @@ def run_queries(
         length = spec.prompt_length + step
         comm.reset_communication_stats()
         recorder.reset()
-        os_start = socket_bytes()
+        os_start = socket_counters()
         plain = one_hot(ids, vocab) if rank == CLIENT else torch.zeros(1, length, vocab)
         with translate_peer_errors(f"computing token {step + 1}"):
             with recorder.measure(GLOBAL_LAYER, "other"):  # keeps what no category claimed
@@ -166,7 +173,8 @@ def run_queries(
             {
                 "prompt_length": length,
                 **vars(total),
-                "os_bytes": socket_bytes() - os_start,
+                "os_bytes": socket_bytes_between(os_start, socket_counters()),
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 "ops": recorder.rows(),
             }
         )

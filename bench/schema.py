@@ -1,0 +1,69 @@
+"""The one row type of every benchmark CSV, the network presets, and the latency projection.
+
+One tidy row per (run, architecture, backend, protocol, dealer, network, sequence length, party,
+layer, category, repeat). Units are in the column names. Rows with category "total" hold the whole
+query of that party (and the figures only a whole query has: kernel byte count, peak memory,
+accuracy); the other categories are its exclusive parts and add up to it. Layer -1 is for parts
+outside the transformer blocks (embedding, final LayerNorm, LM head, input sharing, reveal).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+NETWORKS = {  # name: (bandwidth in bit/s, round-trip time in s)
+    "lan": (1e9, 0.5e-3),
+    "wan": (100e6, 80e-3),  # the paper's setting: 100 Mbit/s, 80 ms
+}
+TOTAL = "total"
+
+
+def projected_seconds(compute_s: float, bytes_: float, rounds: float, network: str) -> float:
+    """compute + bytes / bandwidth + rounds x RTT: a projection, not a measurement.
+
+    `bytes_` is one party's logged traffic (both directions); on a full-duplex link each direction
+    carries about half of it, so the transfer time is bytes / 2 / (bandwidth / 8)."""
+    bandwidth, rtt = NETWORKS[network]
+    return compute_s + (bytes_ / 2) * 8 / bandwidth + rounds * rtt
+
+
+@dataclass
+class ResultRow:
+    run_id: str
+    arch: str
+    preset: str
+    weights: str  # "random" or the checkpoint's file name
+    backend: str  # "crypten"
+    protocol: str  # "stock" (CrypTen as shipped) or "optimized"
+    dealer: str  # "ttp" or "tfp" (insecure)
+    network: str  # where it was measured: "loopback", or a shaped link
+    seq_len: int
+    party: str  # "server" or "client"
+    layer: int
+    category: str
+    repeat: int
+    bytes: float
+    rounds: float
+    comm_s: float
+    wall_s: float
+    cpu_s: float
+    calls: int
+    predicted_bytes: float = math.nan  # analytic cost model
+    predicted_rounds: float = math.nan
+    projected_lan_s: float = math.nan  # (wall - comm) + bytes / bandwidth + rounds x RTT
+    projected_wan_s: float = math.nan
+    os_bytes: float = math.nan  # kernel TCP payload counters (total rows only)
+    peak_rss_mb: float = math.nan  # total rows only
+    max_abs_logit_error: float = math.nan  # client total rows, against plaintext
+    top1_match: float = math.nan  # client total rows: 1 if the MPC argmax equals plaintext's
+
+    @classmethod
+    def columns(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    def project(self) -> ResultRow:
+        compute = max(0.0, self.wall_s - self.comm_s)
+        self.projected_lan_s = projected_seconds(compute, self.bytes, self.rounds, "lan")
+        self.projected_wan_s = projected_seconds(compute, self.bytes, self.rounds, "wan")
+        return self
