@@ -156,6 +156,7 @@ def measure_target(args, target: Target, seq_len: int, run_id: str) -> list[Resu
                     str(args.timeout),
                     "--threads",
                     str(args.threads),
+                    timeout_s=4 * args.timeout,  # each of the query's waits may take `timeout`
                 )
                 server = wait_for_json(Path(scratch) / f"server-{repeat + 1}.json", args.timeout)
                 fresh = rows_of_party(client, "client", base, repeat)

@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mpc.protocol import PeerError
+
 
 def free_port(host: str = "127.0.0.1", span: int = 2) -> int:
     """A port p such that p .. p+span-1 were free a moment ago (the control and MPC ports)."""
@@ -54,7 +56,7 @@ class LocalParties:
             f"--- {name} ---\n{(self.logs / f'{name}.log').read_text()}" for name in self.processes
         )
 
-    def client(self, *args: str, timeout_s: float = 600, check: bool = True) -> dict | str:
+    def client(self, *args: str, timeout_s: float = 3600, check: bool = True) -> dict | str:
         """Run the client program; the parsed JSON record, or its stderr when check is False."""
         out = self.logs / "client.json"
         out.unlink(missing_ok=True)
@@ -70,11 +72,15 @@ class LocalParties:
             str(out),
             *args,
         ]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            raise PeerError(f"the client did not finish within {timeout_s:.0f} s") from None
         if not check:
             return done.stderr
         if done.returncode != 0:
-            raise RuntimeError(f"client failed: {done.stderr.strip()}\n{self.log_text()}")
+            last = done.stderr.strip().splitlines()[-1:] or [f"exit code {done.returncode}"]
+            raise PeerError(f"client failed: {last[0]} (logs in {self.logs})")
         return json.loads(out.read_text())
 
 
