@@ -117,8 +117,20 @@ def add_accuracy(rows: list[ResultRow], target: Target, tokens: list[int], logit
             row.top1_match = float(int(revealed.argmax()) == int(expected.argmax()))
 
 
-def measure_target(args, target: Target, seq_len: int, run_id: str) -> list[ResultRow]:
-    """All repeats of one architecture at one sequence length, in one server's lifetime."""
+def parties_on(network: str, **kwargs):
+    """The parties on loopback, or each in its own network namespace behind a shaped link."""
+    if network == "loopback":
+        return local_parties(None, **kwargs)
+    from bench.netns import shaped_parties
+
+    return shaped_parties(network, None, **kwargs)
+
+
+def measure_target(
+    args, target: Target, seq_len: int, run_id: str, network: str
+) -> list[ResultRow]:
+    """All repeats of one architecture at one sequence length on one network, in one server's
+    lifetime."""
     approx = approx_from_arguments(args)
     base = dict(
         run_id=run_id,
@@ -128,7 +140,7 @@ def measure_target(args, target: Target, seq_len: int, run_id: str) -> list[Resu
         backend="crypten",
         protocol="stock",
         dealer=args.dealer,
-        network=args.network,
+        network=network,
         seq_len=seq_len,
     )
     rows: list[ResultRow] = []
@@ -141,8 +153,12 @@ def measure_target(args, target: Target, seq_len: int, run_id: str) -> list[Resu
             str(args.threads),
             *approx_flags(args),
         )
-        with local_parties(
-            None, dealer=args.dealer, timeout_s=args.timeout, server_args=server_args, logs=scratch
+        with parties_on(
+            network,
+            dealer=args.dealer,
+            timeout_s=args.timeout,
+            server_args=server_args,
+            logs=scratch,
         ) as parties:
             for repeat in range(args.repeats):
                 tokens = prompt_tokens(target, seq_len, repeat)
@@ -231,6 +247,19 @@ def write_results(folder: Path, rows: list[ResultRow], config: dict, draw: bool)
         draw_all(frame, folder / "plots")
 
 
+def check_networks(networks: list[str]) -> None:
+    """Shaped links need network namespaces (root): refuse before any work if unavailable."""
+    shaped = [n for n in networks if n != "loopback"]
+    if shaped:
+        from bench.netns import parse_network, unavailable
+
+        for network in shaped:
+            parse_network(network)
+        reason = unavailable()
+        if reason:
+            raise UserError(f"--network {shaped[0]} needs network namespaces: {reason}")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python bench/run.py", description=__doc__.split("\n")[0])
     add_config_args(parser, arch_required=False, many_archs=True)
@@ -241,9 +270,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument(
         "--network",
-        default="loopback",
-        choices=("loopback",),
-        help="where the parties run (LAN/WAN latency is projected from loopback)",
+        nargs="+",
+        default=["loopback"],
+        help="where the parties run: loopback, and/or lan, wan, RATE,RTT (e.g. 50mbit,20ms): "
+        "each party in its own network namespace behind a shaped link (needs root)",
     )
     parser.add_argument("--out", help="results folder (default results/DATE-PRESET)")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds any wait may last")
@@ -272,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"--seq-len {seq_len} outside [1, {target.config.block_size}] "
                     f"for {target.config.arch}"
                 )
+    check_networks(args.network)
     approx = approx_from_arguments(args)
     config = {
         "run_id": run_id,
@@ -288,9 +319,10 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     rows: list[ResultRow] = []
-    for target in targets:
-        for seq_len in args.seq_len or [target.config.block_size]:
-            rows += measure_target(args, target, seq_len, run_id)
+    for network in args.network:
+        for target in targets:
+            for seq_len in args.seq_len or [target.config.block_size]:
+                rows += measure_target(args, target, seq_len, run_id, network)
             write_results(folder, rows, config, draw=False)  # progress survives an interruption
     write_results(folder, rows, config, draw=not args.no_plots)
     for line in flag_mismatches(rows):

@@ -1,0 +1,246 @@
+"""docker/Dockerfile and docker/compose.yaml, checked without a Docker engine.
+
+- The compose file: three services on one private network, reaching each other by service name
+  only; ports, volumes and defaults that agree between the services; every `python -m` program
+  exists and accepts its flags (each program's own argparse parses them).
+- The compose commands themselves, run in three network namespaces (bench.netns) where the service
+  names resolve as on a compose network: the run ends by itself and leaves its results.
+- The Dockerfile's RUN steps, run in a fresh virtual environment (slow).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from unittest import mock
+
+import pytest
+import yaml
+
+from bench.netns import shaped_network, unavailable
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCKER = ROOT / "docker"
+COMPOSE = yaml.safe_load((DOCKER / "compose.yaml").read_text())
+SERVICES = COMPOSE["services"]
+DEFAULTS = {"ARCH": "baseline", "PRESET": "tiny", "DEALER": "ttp", "PORT": "7000"}
+
+
+def interpolate(text: str, env: dict[str, str] | None = None) -> str:
+    """Compose's interpolation: ${VAR:-default}; every variable must have a default; $$ is $."""
+    env = env or {}
+
+    def value(match: re.Match) -> str:
+        assert match[2] is not None, f"${{{match[1]}}} has no default"
+        return env.get(match[1]) or match[2]
+
+    text = text.replace("$$", "\0")
+    return re.sub(r"\$\{(\w+)(?::-([^}]*))?\}", value, text).replace("\0", "$")
+
+
+def programs(service: str) -> list[tuple[str, list[str]]]:
+    """Every `python -m MODULE ARGS` a service's command runs, with compose defaults filled in."""
+    command = [interpolate(part) for part in SERVICES[service]["command"]]
+    script = command[2] if command[:2] == ["sh", "-c"] else shlex.join(command)
+    found = []
+    for line in script.splitlines():
+        lexer = shlex.shlex(line, posix=True, punctuation_chars=";&|()<>")
+        lexer.whitespace_split, lexer.commenters = True, "#"
+        segment: list[str] = []
+        for word in [*lexer, ";"]:  # a shell operator ends a simple command
+            if word.strip(";&|()<>"):
+                segment.append(word)
+                continue
+            for i in range(len(segment) - 2):
+                if segment[i : i + 2] == ["python", "-m"]:
+                    found.append((segment[i + 2], segment[i + 3 :]))
+            segment = []
+    return found
+
+
+def parsed(module_name: str, argv: list[str]) -> argparse.Namespace:
+    """What the program's own argparse makes of argv: its parse_args, or its main stopped there."""
+    module = importlib.import_module(module_name)
+    if hasattr(module, "parse_args"):
+        return module.parse_args(argv)
+
+    class Parsed(Exception):
+        pass
+
+    original = argparse.ArgumentParser.parse_args
+
+    def capture(self, args=None, namespace=None):
+        raise Parsed(original(self, args, namespace))
+
+    with mock.patch.object(argparse.ArgumentParser, "parse_args", capture):
+        with pytest.raises(Parsed) as caught:
+            module.main(argv)
+    return caught.value.args[0]
+
+
+def test_three_services_on_a_private_network_by_name_only():
+    assert set(SERVICES) == {"dealer", "server", "client"}
+    assert COMPOSE["networks"]["mpc"].get("internal") is True
+    text = (DOCKER / "compose.yaml").read_text()
+    assert not re.search(r"\b\d{1,3}(\.\d{1,3}){3}\b", text), "an IP address is hard-coded"
+    for name, service in SERVICES.items():
+        assert service["networks"] == ["mpc"], name
+        assert service["build"]["context"] == ".."
+        assert (DOCKER / service["build"]["context"] / service["build"]["dockerfile"]).is_file()
+        assert service["environment"]["GLOO_SOCKET_IFNAME"] == "eth0"
+    assert SERVICES["server"]["depends_on"] == ["dealer"]
+    assert SERVICES["client"]["depends_on"] == ["server"]
+    for variable, default in DEFAULTS.items():
+        assert f"${{{variable}:-{default}}}" in text, variable
+
+
+def test_programs_exist_and_accept_their_flags():
+    runs = {service: programs(service) for service in SERVICES}
+    assert [module for module, _ in runs["dealer"]] == ["mpc.dealer"]
+    assert [module for module, _ in runs["server"]] == ["mpc.server"]
+    assert [module for module, _ in runs["client"]] == ["mpc.client"]
+    dealer, server, client = (parsed(*runs[s][0]) for s in ("dealer", "server", "client"))
+    # Hosts are service names; ports agree with each other and with what each service exposes.
+    assert (dealer.host, server.host, client.host) == ("dealer", "server", "server")
+    assert server.dealer_address == f"dealer:{dealer.port}"
+    assert client.port == server.port and server.mpc_port == server.port + 1
+    assert [interpolate(p) for p in SERVICES["server"]["expose"]] == ["7000", "7001"]
+    assert [interpolate(p) for p in SERVICES["dealer"]["expose"]] == [str(dealer.port)]
+    assert (server.random_arch, server.preset, server.dealer) == ("baseline", "tiny", "ttp")
+    assert server.max_queries == dealer.max_sessions == 1, "server and dealer stop after the run"
+    assert client.timeout >= 300, "the client retries its connection while the server starts"
+    # Results land in the mounted folder, the repository's results/.
+    for name in ("server", "client"):
+        (volume,) = SERVICES[name]["volumes"]
+        source, target = volume.split(":")
+        assert (DOCKER / source).resolve() == ROOT / "results" and target == "/app/results"
+    assert server.measure_dir.startswith("/app/results/")
+    assert client.json_out.startswith("$out/")
+    assert 'out="/app/results/' in SERVICES["client"]["command"][2]
+
+
+def dockerfile_steps() -> list[tuple[str, str]]:
+    text = re.sub(r"\\\n\s*", " ", (DOCKER / "Dockerfile").read_text())
+    lines = [line.strip() for line in text.splitlines()]
+    return [tuple(line.split(None, 1)) for line in lines if line and not line.startswith("#")]
+
+
+def test_dockerfile_installs_as_setup_sh_does():
+    steps = dockerfile_steps()
+    assert steps[0] == ("FROM", "python:3.11-slim")
+    runs = [body for kind, body in steps if kind == "RUN"]
+    torch = next(i for i, r in enumerate(runs) if "torch==2.13.0" in r)
+    project = runs.index("pip install .")
+    crypten = next(i for i, r in enumerate(runs) if "crypten==0.4.1" in r)
+    assert torch < project < crypten, "torch's CPU build, then the project, then crypten"
+    assert "--no-deps" in runs[crypten] and "--index-url" in runs[torch]
+    args = dict(body.split("=", 1) for kind, body in steps if kind == "ARG")
+    assert args["TORCH_INDEX"].endswith("/whl/cpu")
+    for kind, body in steps:
+        if kind == "COPY":
+            *sources, _ = body.split()
+            assert all((ROOT / source).exists() for source in sources), body
+
+
+@contextlib.contextmanager
+def service_names_resolve(topology):
+    """/etc/netns/NS/hosts: `ip netns exec` shows it as /etc/hosts, as compose's DNS would."""
+    hosts = "".join(f"{topology.address(p)} {p}\n" for p in ("server", "client", "dealer"))
+    folders = [Path("/etc/netns", topology.namespace(p)) for p in ("server", "client", "dealer")]
+    try:
+        for folder in folders:
+            folder.mkdir(parents=True)
+            (folder / "hosts").write_text(f"127.0.0.1 localhost\n{hosts}")
+        yield
+    finally:
+        for folder in folders:
+            shutil.rmtree(folder, ignore_errors=True)
+        with contextlib.suppress(OSError):  # only if empty: another run may be using it
+            Path("/etc/netns").rmdir()
+
+
+def test_compose_commands_run_end_to_end_in_namespaces(tmp_path):
+    if reason := unavailable():
+        pytest.skip(reason)
+
+    results = tmp_path / "results"
+    path = f"{Path(sys.executable).parent}:{os.environ['PATH']}"  # `python` is this one
+
+    def command(service: str) -> list[str]:
+        argv = [
+            interpolate(p).replace("/app/results", str(results))
+            for p in SERVICES[service]["command"]
+        ]
+        namespace = topology.namespace(service)
+        return [
+            "ip",
+            "netns",
+            "exec",
+            namespace,
+            "env",
+            "GLOO_SOCKET_IFNAME=eth0",
+            f"PATH={path}",
+            *argv,
+        ]
+
+    with shaped_network("none") as topology, service_names_resolve(topology):
+        background = [
+            subprocess.Popen(
+                command(s), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT
+            )
+            for s in ("dealer", "server")
+        ]
+        try:
+            client = subprocess.run(
+                command("client"), capture_output=True, text=True, timeout=300, cwd=ROOT
+            )
+            assert client.returncode == 0, client.stderr
+            for process in background:  # --max-queries / --max-sessions: `up` returns
+                assert process.wait(timeout=60) == 0, process.stdout.read()
+        finally:
+            for process in background:
+                process.kill()
+                process.wait()
+    folder = results / "docker" / "baseline-tiny"
+    assert {p.name for p in folder.iterdir()} == {"client-1.json", "server-1.json"}
+
+
+@pytest.mark.slow
+def test_dockerfile_run_steps_install_a_working_environment(tmp_path):
+    """The RUN steps in a fresh venv (apt-get skipped: a system package). TORCH_INDEX is PyPI
+    here, where pip's configured local wheels hold the CPU build; the test checks it is one."""
+    venv, app = tmp_path / "venv", tmp_path / "app"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    env["PATH"] = f"{venv / 'bin'}:{env['PATH']}"
+    env["TORCH_INDEX"] = "https://pypi.org/simple"
+    for kind, body in dockerfile_steps():
+        if kind == "ENV":
+            env.update(pair.split("=", 1) for pair in body.split())
+        elif kind == "WORKDIR":
+            app.mkdir()
+        elif kind == "COPY":
+            *sources, target = body.split()
+            for source in sources:
+                destination = (
+                    app / target / Path(source).name if target.endswith("/") else app / target
+                )
+                copy = shutil.copytree if (ROOT / source).is_dir() else shutil.copy
+                copy(ROOT / source, destination)
+        elif kind == "RUN" and not body.startswith("apt-get"):
+            done = subprocess.run(
+                ["sh", "-c", body], cwd=app, env=env, capture_output=True, text=True, timeout=1500
+            )
+            assert done.returncode == 0, f"RUN {body}\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+    check = "from mpc.compat import import_crypten; import_crypten(); import torch; print(torch.version.cuda)"
+    done = subprocess.run(["python", "-c", check], cwd=app, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-1] == "None", "torch is not the CPU build"
