@@ -144,6 +144,7 @@ def query(args: argparse.Namespace) -> dict:
         "dealer": public.dealer,
         "trust": TRUST_LABELS[public.dealer],
         "approx": public.approx,
+        "config": public.config,
         "prompt_ids": ids,
         "generated_ids": result.tokens,
         "generated_text": tokenizer.decode(result.tokens) if tokenizer else None,

@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 from unittest import mock
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -106,8 +107,10 @@ def test_programs_exist_and_accept_their_flags():
     runs = {service: programs(service) for service in SERVICES}
     assert [module for module, _ in runs["dealer"]] == ["mpc.dealer"]
     assert [module for module, _ in runs["server"]] == ["mpc.server"]
-    assert [module for module, _ in runs["client"]] == ["mpc.client"]
+    assert [module for module, _ in runs["client"]] == ["mpc.client", "bench.collect"]
     dealer, server, client = (parsed(*runs[s][0]) for s in ("dealer", "server", "client"))
+    collect = parsed(*runs["client"][1])
+    assert collect.folder == "$out" and collect.preset == server.preset
     # Hosts are service names; ports agree with each other and with what each service exposes.
     assert (dealer.host, server.host, client.host) == ("dealer", "server", "server")
     assert server.dealer_address == f"dealer:{dealer.port}"
@@ -210,7 +213,11 @@ def test_compose_commands_run_end_to_end_in_namespaces(tmp_path):
                 process.kill()
                 process.wait()
     folder = results / "docker" / "baseline-tiny"
-    assert {p.name for p in folder.iterdir()} == {"client-1.json", "server-1.json"}
+    made = {p.name for p in folder.iterdir()}
+    assert {"client-1.json", "server-1.json", "results.csv", "summary.md", "plots"} <= made
+    rows = pd.read_csv(folder / "results.csv")
+    assert set(rows.party) == {"server", "client"} and set(rows.network) == {"docker"}
+    assert (rows.bytes == rows.predicted_bytes).all()
 
 
 @pytest.mark.slow

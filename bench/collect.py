@@ -1,0 +1,111 @@
+"""Turn the per-query cost records of a server and a client into a benchmark results folder.
+
+    python -m bench.collect results/docker/baseline-tiny --preset tiny --network docker
+
+Reads client-N.json (written by `mpc.client --json-out`) and server-N.json (`mpc.server
+--measure-dir`) pairs and writes results.csv, config.json, summary.md and plots beside them, the
+same rows `bench/run.py` writes: this is how a run whose parties live in separate containers or
+hosts becomes the same tidy CSV.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from bench.run import Target, add_accuracy, add_predictions, rows_of_party, write_results
+from bench.schema import NETWORKS, ResultRow
+from models.checkpoint import random_checkpoint
+from models.cli import UserError, run_main
+from models.config import PRESETS, ModelConfig
+from mpc.approx import ApproxConfig
+
+
+def query_pairs(folder: Path, wait_s: float) -> list[tuple[int, dict, dict]]:
+    """(query number, client record, server record); the server may write its record a moment
+    after the client finished, so a missing one is awaited up to `wait_s` seconds."""
+    pairs = []
+    for client_path in sorted(folder.glob("client-*.json")):
+        number = int(client_path.stem.split("-")[1])
+        server_path = folder / f"server-{number}.json"
+        deadline = time.monotonic() + wait_s
+        while not server_path.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if not server_path.exists():
+            raise UserError(f"{client_path} has no matching {server_path.name}")
+        try:
+            pairs.append(
+                (number, json.loads(client_path.read_text()), json.loads(server_path.read_text()))
+            )
+        except json.JSONDecodeError:
+            raise UserError(f"{client_path} or {server_path.name} is not valid JSON") from None
+    if not pairs:
+        raise UserError(f"no client-N.json records in {folder}")
+    return pairs
+
+
+def collect(
+    folder: Path, preset: str, network: str, random_weights: bool, wait_s: float = 60
+) -> list[ResultRow]:
+    rows: list[ResultRow] = []
+    for number, client, server in query_pairs(folder, wait_s):
+        cfg = ModelConfig.from_dict(client["config"])
+        approx = ApproxConfig.from_dict(client["approx"])
+        weights = "random" if random_weights else "checkpoint"
+        base = dict(
+            run_id=folder.name,
+            arch=cfg.arch,
+            preset=preset,
+            weights=weights,
+            backend="crypten",
+            protocol="stock",
+            dealer=client["dealer"],
+            network=network,
+            seq_len=len(client["prompt_ids"]),
+        )
+        fresh = rows_of_party(client, "client", base, number - 1)
+        fresh += rows_of_party(server, "server", base, number - 1)
+        target = Target(random_checkpoint(cfg), [], weights)  # the server's seeded random weights
+        if random_weights:
+            add_accuracy(fresh, target, client["prompt_ids"], client["logits"])
+        add_predictions(fresh, target, approx, client["dealer"])
+        rows += [row.project() for row in fresh]
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.collect", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("folder", help="folder of client-N.json and server-N.json records")
+    parser.add_argument("--preset", default="tiny", choices=tuple(PRESETS))
+    parser.add_argument("--network", default="docker", help="label of where the parties ran")
+    parser.add_argument(
+        "--trained",
+        action="store_true",
+        help="the server held a trained checkpoint (no accuracy check here)",
+    )
+    parser.add_argument("--no-plots", action="store_true")
+    args = parser.parse_args(argv)
+    folder = Path(args.folder)
+    rows = collect(folder, args.preset, args.network, random_weights=not args.trained)
+    config = {
+        "run_id": folder.name,
+        "argv": sys.argv[1:],
+        "networks_projected": NETWORKS,
+        "source": "collected from per-query records",
+    }
+    write_results(folder, rows, config, draw=not args.no_plots)
+    print(f"collected {len(rows)} rows from {folder} into {folder / 'results.csv'}")
+    return 0
+
+
+def cli() -> None:
+    sys.exit(run_main(main))
+
+
+if __name__ == "__main__":
+    cli()
