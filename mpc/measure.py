@@ -161,21 +161,33 @@ def attach_cost_hooks(model: nn.Module, recorder: CostRecorder) -> list:
     return handles
 
 
-def socket_counters(pid: int | None = None) -> dict[str, int] | None:
-    """Kernel TCP payload counters (bytes sent + received) per socket of a process, keyed by its
-    address pair, from `ss`: an independent check of CrypTen's own byte count. None where `ss`
-    is unavailable."""
-    pid = os.getpid() if pid is None else pid
+def _socket_inodes() -> set[str]:
+    """Inodes of this process's open sockets (/proc/self/fd links read 'socket:[INODE]')."""
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # fds may close while we look
+            link = os.readlink(f"/proc/self/fd/{fd}")
+            if link.startswith("socket:["):
+                inodes.add(link[8:-1])
+    return inodes
+
+
+def socket_counters() -> dict[str, int] | None:
+    """Kernel TCP payload counters (bytes sent + received) per socket of this process, keyed by
+    socket inode, from `ss -tie`: an independent check of CrypTen's own byte count. Sockets are
+    matched by inode (not `ss -p`, whose process scan is slow and racy under load). None where
+    `ss` or /proc is unavailable."""
     try:
-        out = subprocess.run(["ss", "-tinpH"], capture_output=True, text=True, timeout=10).stdout
+        inodes = _socket_inodes()
+        out = subprocess.run(["ss", "-tineH"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError):
         return None
     counters: dict[str, int] = {}
-    owner, key = f"pid={pid},", None
+    key = None
     for line in out.splitlines():
-        if not line[:1].isspace():  # a socket's first line names its owner; details follow
-            fields_ = line.split()
-            key = " ".join(fields_[3:5]) if owner in line else None
+        if not line[:1].isspace():  # a socket's first line names its inode; details follow
+            found = re.search(r"\bino:(\d+)", line)
+            key = found.group(1) if found and found.group(1) in inodes else None
         elif key is not None:
             for name in ("bytes_sent", "bytes_received"):
                 found = re.search(rf"\b{name}:(\d+)", line)

