@@ -43,11 +43,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench.schema import NETWORKS
 from models.cli import UserError, run_main
+from mpc.local import LocalParties, party_flags, start_parties
 
 PREFIX, PARTIES = "aeropi-", ("server", "client", "dealer")
 PARTY_IF, TUN_IF, DELAY_TABLE = "eth0", "delay", "97"
@@ -311,38 +312,25 @@ def shaped_network(network: Network | str) -> Iterator[Topology]:
             print(f"netns: could not delete {failed}: run `ip netns del` on them", file=sys.stderr)
 
 
-@dataclass
-class ShapedParties:
-    """Like mpc.local.LocalParties, with every party in its own namespace behind the router."""
+class ShapedParties(LocalParties):
+    """mpc.local.LocalParties with every party in its own namespace behind the router."""
 
-    topology: Topology
-    network: Network
-    logs: Path
-    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    def __init__(self, topology: Topology, network: Network, logs: Path) -> None:
+        super().__init__(topology.address("server"), CONTROL_PORT, logs)
+        self.topology, self.network = topology, network
 
-    def command(self, party: str, module: str, *args: str) -> list[str]:
+    def program(self, party: str, module: str, *args: str) -> list[str]:
         namespace = self.topology.namespace(party)
         gloo = f"GLOO_SOCKET_IFNAME={PARTY_IF}"  # else gloo binds the address of the hostname
-        return ["ip", "netns", "exec", namespace, "env", gloo, sys.executable, "-m", module, *args]
-
-    def log_text(self) -> str:
-        return "\n".join(
-            f"--- {name} ---\n{(self.logs / f'{name}.log').read_text()}" for name in self.processes
-        )
-
-    def client(self, *args: str, timeout_s: float = 600, check: bool = True) -> dict | str:
-        """Run the client program in its namespace; its JSON record (its stderr if not check)."""
-        out = self.logs / "client.json"
-        out.unlink(missing_ok=True)
-        host, port = self.topology.address("server"), str(CONTROL_PORT)
-        command = self.command("client", "mpc.client", "--host", host, "--port", port)
-        command += ["--json-out", str(out), *args]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
-        if not check:
-            return done.stderr
-        if done.returncode != 0:
-            raise RuntimeError(f"client failed: {done.stderr.strip()}\n{self.log_text()}")
-        return json.loads(out.read_text())
+        return [
+            "ip",
+            "netns",
+            "exec",
+            namespace,
+            "env",
+            gloo,
+            *super().program(party, module, *args),
+        ]
 
     def server_record(self, query: int, timeout_s: float = 60) -> dict:
         """The server's --measure-dir record of its `query`-th answered query (from 1)."""
@@ -353,24 +341,6 @@ class ShapedParties:
                 raise NetnsError(f"the server wrote no measurements to {path}\n{self.log_text()}")
             time.sleep(0.1)
         return json.loads(path.read_text())
-
-    def start(self, name: str, command: list[str]) -> None:
-        log = open(self.logs / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
-        self.processes[name] = subprocess.Popen(  # own group: stopping it stops its children
-            command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )  # fmt: skip
-
-    def stop(self) -> None:
-        for signum, wait_s in ((signal.SIGTERM, 10), (signal.SIGKILL, None)):
-            for process in self.processes.values():
-                if process.poll() is None:
-                    with contextlib.suppress(ProcessLookupError, PermissionError):
-                        os.killpg(process.pid, signum)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                for process in self.processes.values():
-                    process.wait(timeout=wait_s)
-                return
 
 
 @contextlib.contextmanager
@@ -389,16 +359,17 @@ def shaped_parties(
     (folder / "measure").mkdir(parents=True, exist_ok=True)
     with shaped_network(network) as topology:
         parties = ShapedParties(topology, network, folder)
-        dealer_at, timeout = topology.address("dealer"), ("--timeout", str(timeout_s))
+        server_args = ("--measure-dir", str(folder / "measure"), *server_args)
+        flags = party_flags(
+            checkpoint,
+            dealer,
+            (parties.host, CONTROL_PORT),
+            (topology.address("dealer"), DEALER_PORT),
+            timeout_s,
+            server_args,
+        )
         try:
-            if dealer == "ttp":
-                flags = ("--host", dealer_at, "--port", str(DEALER_PORT), *timeout)
-                parties.start("dealer", parties.command("dealer", "mpc.dealer", *flags))
-            flags = ["--checkpoint", str(checkpoint)] if checkpoint else []
-            flags += ["--host", topology.address("server"), "--port", str(CONTROL_PORT)]
-            flags += ["--dealer", dealer, "--dealer-address", f"{dealer_at}:{DEALER_PORT}"]
-            flags += [*timeout, "--measure-dir", str(folder / "measure"), *server_args]
-            parties.start("server", parties.command("server", "mpc.server", *flags))
+            start_parties(parties, dealer, flags)
             yield parties
         finally:
             parties.stop()

@@ -15,7 +15,6 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from mpc.protocol import PeerError
@@ -44,12 +43,17 @@ def free_port(host: str = "127.0.0.1", span: int = 2) -> int:
     raise RuntimeError("no free port range found")
 
 
-@dataclass
 class LocalParties:
-    host: str
-    port: int
-    logs: Path
-    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    """Handles on the running dealer and server, and a way to run the client against them.
+    Subclasses change where a party's program runs by overriding `program`."""
+
+    def __init__(self, host: str, port: int, logs: Path) -> None:
+        self.host, self.port, self.logs = host, port, logs
+        self.processes: dict[str, subprocess.Popen] = {}
+
+    def program(self, party: str, module: str, *args: str) -> list[str]:
+        """The command line that runs `python -m module args` as `party`."""
+        return [sys.executable, "-m", module, *args]
 
     def log_text(self) -> str:
         return "\n".join(
@@ -60,9 +64,8 @@ class LocalParties:
         """Run the client program; the parsed JSON record, or its stderr when check is False."""
         out = self.logs / "client.json"
         out.unlink(missing_ok=True)
-        command = [
-            sys.executable,
-            "-m",
+        command = self.program(
+            "client",
             "mpc.client",
             "--host",
             self.host,
@@ -71,7 +74,7 @@ class LocalParties:
             "--json-out",
             str(out),
             *args,
-        ]
+        )
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
         except subprocess.TimeoutExpired:
@@ -83,17 +86,60 @@ class LocalParties:
             raise PeerError(f"client failed: {last[0]} (logs in {self.logs})")
         return json.loads(out.read_text())
 
+    def start(self, name: str, command: list[str]) -> None:
+        log = open(self.logs / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
+        # Own process group, so stopping it also stops the party processes it spawned.
+        self.processes[name] = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
 
-def _start(name: str, command: list[str], logs: Path) -> subprocess.Popen:
-    log = open(logs / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
-    # Own process group, so stopping it also stops the party processes it spawned.
-    return subprocess.Popen(
-        command,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    def stop(self) -> None:
+        """SIGTERM every party's process group, SIGKILL what is still there after 10 s."""
+        for process in self.processes.values():
+            _signal_group(process, signal.SIGTERM)
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                _signal_group(process, signal.SIGKILL)
+                process.wait()
+
+
+def party_flags(
+    checkpoint: str | None,
+    dealer: str,
+    server: tuple[str, int],
+    dealer_at: tuple[str, int],
+    timeout_s: float,
+    server_args: tuple[str, ...],
+) -> tuple[list[str], list[str]]:
+    """(dealer flags, server flags) for parties listening at the given addresses."""
+    timeout = ["--timeout", str(timeout_s)]
+    dealer_flags = ["--host", dealer_at[0], "--port", str(dealer_at[1]), *timeout]
+    server_flags = [
+        *(["--checkpoint", str(checkpoint)] if checkpoint else []),
+        "--host",
+        server[0],
+        "--port",
+        str(server[1]),
+        "--dealer",
+        dealer,
+        "--dealer-address",
+        f"{dealer_at[0]}:{dealer_at[1]}",
+        *timeout,
+        *server_args,
+    ]
+    return dealer_flags, server_flags
+
+
+def start_parties(parties: LocalParties, dealer: str, flags: tuple[list[str], list[str]]) -> None:
+    if dealer == "ttp":
+        parties.start("dealer", parties.program("dealer", "mpc.dealer", *flags[0]))
+    parties.start("server", parties.program("server", "mpc.server", *flags[1]))
 
 
 @contextlib.contextmanager
@@ -112,53 +158,14 @@ def local_parties(
     folder.mkdir(parents=True, exist_ok=True)
     port, dealer_port = free_port(host), free_port(host, span=1)
     parties = LocalParties(host, port, folder)
-    python = [sys.executable, "-m"]
     try:
-        if dealer == "ttp":
-            parties.processes["dealer"] = _start(
-                "dealer",
-                [
-                    *python,
-                    "mpc.dealer",
-                    "--host",
-                    host,
-                    "--port",
-                    str(dealer_port),
-                    "--timeout",
-                    str(timeout_s),
-                ],
-                folder,
-            )
-        parties.processes["server"] = _start(
-            "server",
-            [
-                *python,
-                "mpc.server",
-                *(["--checkpoint", str(checkpoint)] if checkpoint else []),
-                "--host",
-                host,
-                "--port",
-                str(port),
-                "--dealer",
-                dealer,
-                "--dealer-address",
-                f"{host}:{dealer_port}",
-                "--timeout",
-                str(timeout_s),
-                *server_args,
-            ],
-            folder,
+        flags = party_flags(
+            checkpoint, dealer, (host, port), (host, dealer_port), timeout_s, server_args
         )
+        start_parties(parties, dealer, flags)
         yield parties
     finally:
-        for process in parties.processes.values():
-            _signal_group(process, signal.SIGTERM)
-        for process in parties.processes.values():
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                _signal_group(process, signal.SIGKILL)
-                process.wait()
+        parties.stop()
 
 
 def _signal_group(process: subprocess.Popen, signum: int) -> None:
