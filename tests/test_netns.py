@@ -51,7 +51,9 @@ CAP_BIT_S = 10e6
 # (TCP/IP headers, ACKs and gloo framing add ~30 % on the wire) and 0.76 while two other jobs
 # loaded both cores (CPU waits inflate the uncapped baseline and shrink the difference).
 BANDWIDTH_RATIO = (0.6, 1.8)
-RTT_EXCESS_S = (0.0, 0.8e-3)  # measured TCP RTT minus the setting (0.05-0.4 ms seen)
+# Measured TCP RTT minus the setting: 0.05-0.4 ms typical, 0.80 ms seen once in a full CI run
+# (the relay's wake-up latency on a busy 2-vCPU machine).
+RTT_EXCESS_S = (0.0, 1.5e-3)
 OURS = f"{PREFIX}{os.getpid()}-"
 
 
