@@ -24,8 +24,34 @@ class ConfigError(ValueError):
     """A config or architecture name that cannot be built."""
 
 
+class JsonConfig:
+    """JSON round trip shared by the project's frozen config dataclasses. Subclasses name what
+    they configure and the error their unknown fields raise."""
+
+    _what = "config"
+    _error: type[ValueError] = ConfigError
+
+    def replace(self, **changes: Any):
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        """Canonical JSON (sorted keys): equal configs give equal strings, for fingerprints."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise cls._error(f"unknown {cls._what} fields {unknown}; known: {sorted(known)}")
+        return cls(**data)
+
+
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(JsonConfig):
     """Everything that defines one architecture. Defaults are the GPT-2-small baseline at T=128."""
 
     arch: str = "SM+LN+G"  # display name of the registered variant this config came from
@@ -86,23 +112,6 @@ class ModelConfig:
 
     def has_ffn(self, layer: int) -> bool:
         return layer < self.n_layer - self.pruned_ffn_layers
-
-    def replace(self, **changes: Any) -> ModelConfig:
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown config fields {unknown}")
-        return cls(**data)
 
 
 # The AERO family, each a difference from the baseline. Keys are display names as in the paper.

@@ -12,11 +12,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from models.config import JsonConfig
 from mpc.compat import import_crypten
 
 RECIPROCAL_METHODS = ("NR", "log")
@@ -45,7 +45,7 @@ class ApproxError(ValueError):
 
 
 @dataclass(frozen=True)
-class ApproxConfig:
+class ApproxConfig(JsonConfig):
     """Every approximation knob of the encrypted forward pass.
 
     The inverse square root has one iteration count, `sqrt_iterations`: LayerNorm is its only user
@@ -53,6 +53,8 @@ class ApproxConfig:
     `reciprocal_iterations` drives the Newton method ("NR"); the "log" method uses CrypTen's log
     settings (its own iteration key is ignored by CrypTen 0.4.1).
     """
+
+    _what, _error = "approximation", ApproxError  # for JsonConfig.from_dict; not fields
 
     precision_bits: int = 16  # fixed-point fraction bits; more than 20 wraps on truncation
     exp_iterations: int = 8  # limit-form exp (1 + x / 2^n)^(2^n); accurate on about [-16, 0]
@@ -105,24 +107,6 @@ class ApproxConfig:
     def _check_choice(self, name: str, choices: tuple[str, ...]) -> None:
         if getattr(self, name) not in choices:
             raise ApproxError(f"{name}={getattr(self, name)!r}; choose one of {choices}")
-
-    def replace(self, **changes: Any) -> ApproxConfig:
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def to_json(self) -> str:
-        """Canonical JSON (sorted keys): equal configs give equal strings, for fingerprints."""
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ApproxConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ApproxError(f"unknown approximation fields {unknown}; known: {sorted(known)}")
-        return cls(**data)
 
 
 def add_approx_arguments(parser: argparse.ArgumentParser) -> None:
