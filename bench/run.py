@@ -184,6 +184,19 @@ def measure_target(
     return [row.project() for row in rows]
 
 
+def measure_backends(args, target: Target, seq_len: int, run_id: str, network: str) -> list:
+    """`measure_target` for CrypTen; SPU backends go to `bench.spu_runner` (loopback only)."""
+    rows = []
+    for backend in args.backend:
+        if backend == "crypten":
+            rows += measure_target(args, target, seq_len, run_id, network)
+        elif network == "loopback":
+            from bench.spu_runner import measure_spu_target
+
+            rows += measure_spu_target(args, target, seq_len, run_id, backend)
+    return rows
+
+
 def approx_flags(args: argparse.Namespace) -> list[str]:
     """The approximation flags the user gave, passed on to the server unchanged."""
     defaults = approx_from_arguments(argparse.Namespace())
@@ -267,6 +280,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--checkpoint", nargs="+", help="trained checkpoints (instead of --arch)")
     parser.add_argument("--seq-len", type=int, nargs="+", help="prompt lengths (default: context)")
     parser.add_argument("--dealer", choices=("ttp", "tfp"), default="ttp")
+    parser.add_argument(
+        "--backend",
+        nargs="+",
+        choices=("crypten", "spu-semi2k", "spu-cheetah"),
+        default=["crypten"],
+        help="MPC backends (SPU ones need the spu extra and run on loopback only)",
+    )
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument(
         "--network",
@@ -322,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     for network in args.network:
         for target in targets:
             for seq_len in args.seq_len or [target.config.block_size]:
-                rows += measure_target(args, target, seq_len, run_id, network)
+                rows += measure_backends(args, target, seq_len, run_id, network)
             write_results(folder, rows, config, draw=False)  # progress survives an interruption
     write_results(folder, rows, config, draw=not args.no_plots)
     for line in flag_mismatches(rows):

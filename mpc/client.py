@@ -180,6 +180,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from mpc.spu import spu_dispatch  # --backend spu-semi2k|spu-cheetah: mpc.spu.client
+
+    argv, spu_exit = spu_dispatch("client", argv)
+    if spu_exit is not None:
+        return spu_exit
     args = parse_args(argv)
     record = query(args)
     if args.json_out:

@@ -238,6 +238,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from mpc.spu import spu_dispatch  # --backend spu-semi2k|spu-cheetah: mpc.spu.server
+
+    argv, spu_exit = spu_dispatch("server", argv)
+    if spu_exit is not None:
+        return spu_exit
     args = parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="aero-pi-server-") as scratch:
         if args.random_arch:

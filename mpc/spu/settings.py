@@ -1,0 +1,157 @@
+"""The SPU side's one settings object: protocol and approximations, recorded with every result.
+
+Costs are "protocol as configured": the fraction bits, exp mode, GELU form and softmax form change
+both the bytes and the accuracy, so each is a field here, part of the model fingerprint, and a
+column of every result row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from models.config import JsonConfig
+from mpc.spu import SpuError
+
+PROTOCOLS = ("semi2k", "cheetah")
+EXP_MODES = ("taylor", "pade")
+GELU_FORMS = ("tanh",)
+SOFTMAX_FORMS = ("stock", "max_free")
+
+
+class SettingsError(SpuError, ValueError):
+    """An SPU setting that does not exist or cannot be used."""
+
+
+@dataclass(frozen=True)
+class SpuSettings(JsonConfig):
+    """SPU runtime and compiler settings of one secure forward pass.
+
+    - semi2k: additive sharing with Beaver triples. SPU 0.9.5 ships only the TrustedFirstParty
+      dealer for two parties: rank 0 (the SERVER) makes every triple, so it is INSECURE against
+      the server (cost runs only), as CrypTen's `tfp`.
+    - cheetah: dealer-free 2PC (OT + lattice HE): secure against either semi-honest party.
+    - exp `taylor`: (1 + x / 2^n)^(2^n), n = `exp_iterations`; valid on about [-2^n, 0]; the
+      masked logits (config.mask_value = -64 minus the row max) stay inside it. `pade` is SPU's
+      range-reduced form.
+    - softmax `stock`: exp(s - max(s)) / sum (the row max costs a comparison tree); `max_free`:
+      exp(s) / sum, valid only while every logit stays well below 2^(63 - 2 f) in magnitude.
+    - `optimize_denominator`: SPU's compiler rewrites x / broadcast(y) as x * (1 / y), one
+      reciprocal per softmax row instead of one division per entry.
+    """
+
+    _what = "SPU settings"
+    _error = SettingsError
+
+    protocol: str = "semi2k"
+    fraction_bits: int = 18
+    exp_mode: str = "taylor"
+    exp_iterations: int = 8
+    gelu_form: str = "tanh"
+    softmax_form: str = "stock"
+    optimize_denominator: bool = True
+
+    def __post_init__(self) -> None:
+        for name, choices in (
+            ("protocol", PROTOCOLS),
+            ("exp_mode", EXP_MODES),
+            ("gelu_form", GELU_FORMS),
+            ("softmax_form", SOFTMAX_FORMS),
+        ):
+            if getattr(self, name) not in choices:
+                raise SettingsError(f"{name}={getattr(self, name)!r}; choose one of {choices}")
+        if not 8 <= self.fraction_bits <= 26:
+            raise SettingsError(f"fraction_bits={self.fraction_bits} outside [8, 26] for FM64")
+
+    @property
+    def backend(self) -> str:
+        return f"spu-{self.protocol}"
+
+    @property
+    def dealer(self) -> str:
+        """'tfp' (the server makes SEMI2K's triples: insecure) or 'none' (CHEETAH)."""
+        return "tfp" if self.protocol == "semi2k" else "none"
+
+    @property
+    def trust_note(self) -> str:
+        if self.protocol == "semi2k":
+            return (
+                "INSECURE: SPU SEMI2K with TrustedFirstParty: the server makes every Beaver "
+                "triple and could decrypt the prompt (cost runs only)"
+            )
+        return "SPU CHEETAH: dealer-free, secure against a semi-honest server or client"
+
+    def runtime_config(self, profile: bool = True) -> Any:
+        from spu import libspu
+
+        kinds = {"semi2k": libspu.ProtocolKind.SEMI2K, "cheetah": libspu.ProtocolKind.CHEETAH}
+        config = libspu.RuntimeConfig(
+            protocol=kinds[self.protocol],
+            field=libspu.FieldType.FM64,
+            fxp_fraction_bits=self.fraction_bits,
+        )
+        modes = {"taylor": "EXP_TAYLOR", "pade": "EXP_PADE"}
+        config.fxp_exp_mode = getattr(libspu.RuntimeConfig.ExpMode, modes[self.exp_mode])
+        config.fxp_exp_iters = self.exp_iterations
+        config.experimental_enable_colocated_optimization = True  # weights stay the server's
+        config.enable_pphlo_profile = profile
+        config.enable_hal_profile = profile
+        if self.protocol == "semi2k":
+            config.beaver_type = libspu.RuntimeConfig.BeaverType.TrustedFirstParty
+        return config
+
+    def compiler_options(self) -> Any:
+        from spu import libspu
+
+        return libspu.CompilerOptions(
+            enable_optimize_denominator_with_broadcast=self.optimize_denominator
+        )
+
+
+def settings_for_backend(backend: str, **fields: Any) -> SpuSettings:
+    """Settings of a `--backend spu-semi2k|spu-cheetah` name."""
+    protocol = backend.removeprefix("spu-")
+    return SpuSettings(protocol=protocol, **fields)
+
+
+def add_settings_arguments(parser: Any) -> None:
+    """--fraction-bits, --exp-mode, ... (defaults: SpuSettings's)."""
+    defaults = SpuSettings()
+    group = parser.add_argument_group("SPU settings")
+    group.add_argument("--fraction-bits", type=int, default=defaults.fraction_bits)
+    group.add_argument("--exp-mode", choices=EXP_MODES, default=defaults.exp_mode)
+    group.add_argument("--exp-iterations", type=int, default=defaults.exp_iterations)
+    group.add_argument("--gelu-form", choices=GELU_FORMS, default=defaults.gelu_form)
+    group.add_argument("--softmax-form", choices=SOFTMAX_FORMS, default=defaults.softmax_form)
+    group.add_argument(
+        "--no-denominator-optimization",
+        dest="optimize_denominator",
+        action="store_false",
+        help="keep one division per softmax entry (SPU's compiler otherwise rewrites x / y_row "
+        "as x * (1 / y_row))",
+    )
+
+
+def settings_from_arguments(backend: str, args: Any) -> SpuSettings:
+    names = (
+        "fraction_bits",
+        "exp_mode",
+        "exp_iterations",
+        "gelu_form",
+        "softmax_form",
+        "optimize_denominator",
+    )
+    return settings_for_backend(backend, **{n: getattr(args, n) for n in names})
+
+
+def protocol_label(settings: SpuSettings) -> str:
+    """The settings that change costs, for the CSV's `protocol` column ("protocol as
+    configured"), e.g. 'fxp18,exp-taylor8,gelu-tanh,softmax-stock,div-opt'."""
+    iterations = settings.exp_iterations if settings.exp_mode == "taylor" else ""
+    parts = [
+        f"fxp{settings.fraction_bits}",
+        f"exp-{settings.exp_mode}{iterations}",
+        f"gelu-{settings.gelu_form}",
+        f"softmax-{settings.softmax_form}",
+    ]
+    return ",".join([*parts, "div-opt" if settings.optimize_denominator else "div"])
