@@ -6,18 +6,22 @@ It receives the public model description from the server, checks its fingerprint
 validates the prompt locally, then runs the MPC session as rank 1. The server never sees the prompt
 or the logits: the prompt enters as a secret-shared one-hot matrix, the logits are revealed to the
 client only.
+
+Exit codes: 0 done; 2 an error (one line on stderr); 75 the server is busy (it runs as many
+sessions as it may): the same command may succeed later.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
 from models.atomic import atomic_write_json
 from models.cli import UserError, run_main
-from models.config import ModelConfig, canonical_arch
+from models.config import ConfigError, ModelConfig, canonical_arch
 from models.data import tokenizer_from_json
 from mpc.party import SessionSpec, run_party
 from mpc.protocol import (
@@ -25,11 +29,16 @@ from mpc.protocol import (
     TRUST_LABELS,
     ProtocolError,
     PublicModel,
+    ServerBusy,
     connect,
+    one_line,
     recv_message,
     send_message,
+    short_repr,
 )
 from mpc.secure_model import CLIENT
+
+EXIT_BUSY = 75  # sysexits' EX_TEMPFAIL: "try again later"
 
 
 def read_token_file(path: str) -> list[str]:
@@ -53,10 +62,10 @@ def validate_tokens(raw: list, cfg: ModelConfig, new_tokens: int) -> list[int]:
         raise UserError("the prompt is empty")
     ids = []
     for item in raw:
-        try:
-            value = int(str(item), 10)
-        except ValueError:
-            raise UserError(f"token id {item!r} is not an integer") from None
+        # Plain ASCII digits only: int() would also take "1_0", " 7" and non-Latin digits.
+        if not re.fullmatch(r"-?[0-9]{1,18}", str(item)):
+            raise UserError(f"token id {short_repr(item)} is not an integer")
+        value = int(str(item))
         if not 0 <= value < cfg.vocab_size:
             raise UserError(f"token id {value} is outside the vocabulary [0, {cfg.vocab_size})")
         ids.append(value)
@@ -93,14 +102,35 @@ def check_public_model(hello: dict, expect_fingerprint: str | None, expect_arch:
     return public
 
 
+def model_of(public: PublicModel):
+    """(config, tokenizer or None) of the server's description; a malformed one is the server's
+    fault, reported as such."""
+    try:
+        cfg = ModelConfig.from_dict(public.config)
+    except (ConfigError, TypeError, ValueError) as error:
+        raise ProtocolError(f"the server's model config is invalid ({one_line(error)})") from None
+    if not public.tokenizer_json:
+        return cfg, None
+    try:
+        return cfg, tokenizer_from_json(public.tokenizer_json)
+    except Exception as error:  # the tokenizers library raises its own exception types
+        raise ProtocolError(f"the server's tokenizer is invalid ({one_line(error)})") from None
+
+
+def mpc_port_of(accept: dict) -> int:
+    port = accept.get("mpc_port")
+    if type(port) is not int or not 0 < port < 65536:
+        raise ProtocolError("the server's accept message has no valid MPC port")
+    return port
+
+
 def query(args: argparse.Namespace) -> dict:
     """Handshake and MPC session; returns the result record (tokens, logits, costs)."""
     sock = connect(args.host, args.port, args.timeout, "server")
     with sock:
         hello = recv_message(sock, args.timeout, expect="hello")
         public = check_public_model(hello, args.expect_fingerprint, args.expect_arch)
-        cfg = ModelConfig.from_dict(public.config)
-        tokenizer = tokenizer_from_json(public.tokenizer_json) if public.tokenizer_json else None
+        cfg, tokenizer = model_of(public)
         if args.prompt is not None and tokenizer is None:
             raise UserError("the server has no tokenizer (random weights): give --tokens")
         raw = read_token_file(args.tokens) if args.tokens else tokenizer.encode(args.prompt).ids
@@ -119,7 +149,7 @@ def query(args: argparse.Namespace) -> dict:
         accept = recv_message(sock, args.timeout, expect="accept")
     spec = SessionSpec(
         args.host,
-        int(accept["mpc_port"]),
+        mpc_port_of(accept),
         public.dealer,
         args.timeout,
         public,
@@ -168,7 +198,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="reveal logits of every prompt position (for perplexity)",
     )
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds any wait may last")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        help="seconds any wait may last (connect, handshake, rendezvous, each collective)",
+    )
     parser.add_argument("--expect-fingerprint", help="refuse a server whose model differs")
     parser.add_argument("--expect-arch", help="refuse a server serving another architecture")
     parser.add_argument("--threads", type=int, default=1)
@@ -176,6 +211,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.max_new_tokens < 1:
         parser.error("--max-new-tokens must be at least 1")
+    if not args.timeout > 0:
+        parser.error("--timeout must be positive")
     return args
 
 
@@ -186,7 +223,11 @@ def main(argv: list[str] | None = None) -> int:
     if spu_exit is not None:
         return spu_exit
     args = parse_args(argv)
-    record = query(args)
+    try:
+        record = query(args)
+    except ServerBusy as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BUSY
     if args.json_out:
         atomic_write_json(args.json_out, record)
     total_mb = sum(step["bytes"] for step in record["steps"]) / 1e6

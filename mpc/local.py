@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from mpc.protocol import PeerError
+from mpc.protocol import DEFAULT_MAX_CONCURRENT, PeerError
 
 
 def free_port(host: str = "127.0.0.1", span: int = 2) -> int:
@@ -50,6 +50,7 @@ class LocalParties:
     def __init__(self, host: str, port: int, logs: Path) -> None:
         self.host, self.port, self.logs = host, port, logs
         self.processes: dict[str, subprocess.Popen] = {}
+        self.commands: dict[str, list[str]] = {}
 
     def program(self, party: str, module: str, *args: str) -> list[str]:
         """The command line that runs `python -m module args` as `party`."""
@@ -60,9 +61,12 @@ class LocalParties:
             f"--- {name} ---\n{(self.logs / f'{name}.log').read_text()}" for name in self.processes
         )
 
-    def client(self, *args: str, timeout_s: float = 3600, check: bool = True) -> dict | str:
-        """Run the client program; the parsed JSON record, or its stderr when check is False."""
-        out = self.logs / "client.json"
+    def client(
+        self, *args: str, timeout_s: float = 3600, check: bool = True, name: str = "client"
+    ) -> dict | str:
+        """Run the client program; the parsed JSON record, or its stderr when check is False.
+        Concurrent clients need distinct `name`s (their JSON records are LOGS/NAME.json)."""
+        out = self.logs / f"{name}.json"
         out.unlink(missing_ok=True)
         command = self.program(
             "client",
@@ -87,7 +91,9 @@ class LocalParties:
         return json.loads(out.read_text())
 
     def start(self, name: str, command: list[str]) -> None:
-        log = open(self.logs / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
+        mode = "a" if name in self.commands else "w"  # a restarted party appends to its log
+        self.commands[name] = command
+        log = open(self.logs / f"{name}.log", mode)  # noqa: SIM115 - closed with the process
         # Own process group, so stopping it also stops the party processes it spawned.
         self.processes[name] = subprocess.Popen(
             command,
@@ -96,6 +102,15 @@ class LocalParties:
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
+
+    def kill(self, name: str) -> None:
+        """SIGKILL a party's program and the session processes it started (fault tests)."""
+        _signal_group(self.processes[name], signal.SIGKILL)
+        self.processes[name].wait()
+
+    def restart(self, name: str) -> None:
+        """Start a killed party again with the same command line (its log is appended to)."""
+        self.start(name, self.commands[name])
 
     def stop(self) -> None:
         """SIGTERM every party's process group, SIGKILL what is still there after 10 s."""
@@ -150,14 +165,16 @@ def local_parties(
     timeout_s: float = 60,
     server_args: tuple[str, ...] = (),
     logs: str | None = None,
+    max_concurrent: int = DEFAULT_MAX_CONCURRENT,
 ) -> Iterator[LocalParties]:
     """Server (and dealer in ttp mode) running in the background until the block ends.
     With `checkpoint` None, `server_args` choose the weights (e.g. --random-arch aero --preset
-    tiny)."""
+    tiny). The server's MPC ports are the `max_concurrent` ports after its control port."""
     folder = Path(logs or tempfile.mkdtemp(prefix="aero-pi-parties-"))
     folder.mkdir(parents=True, exist_ok=True)
-    port, dealer_port = free_port(host), free_port(host, span=1)
+    port, dealer_port = free_port(host, span=1 + max_concurrent), free_port(host, span=1)
     parties = LocalParties(host, port, folder)
+    server_args = ("--max-concurrent", str(max_concurrent), *server_args)
     try:
         flags = party_flags(
             checkpoint, dealer, (host, port), (host, dealer_port), timeout_s, server_args

@@ -23,6 +23,9 @@ from models.cli import UserError
 
 PROTOCOL_VERSION = 1
 MAX_FRAME_BYTES = 64 << 20  # the largest legitimate message is a 50K-vocabulary tokenizer (~3 MB)
+MAX_ERROR_CHARS = 200  # a peer's error text is shown as one line of at most this many characters
+DEFAULT_MAX_CONCURRENT = 2  # sessions a server (or dealer) runs at once unless told otherwise
+BUSY = "busy"  # the "code" of an error message that means "full now, try again later"
 TRUST_LABELS = {
     "ttp": "trusted third-party dealer process: neither party sees the other's secrets",
     "tfp": "INSECURE: trusted first party, the server (party 0) makes every triple and sees all",
@@ -35,6 +38,21 @@ class ProtocolError(UserError):
 
 class PeerError(UserError):
     """A peer that cannot be reached, stopped answering, or went away."""
+
+
+class ServerBusy(PeerError):
+    """The peer runs as many sessions as it may; the same request may succeed later."""
+
+
+def one_line(text: object, limit: int = MAX_ERROR_CHARS) -> str:
+    """Text from a peer (or about a peer's value) as one short line: a hostile peer must not be
+    able to flood a log or forge extra lines of it."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def short_repr(value: object) -> str:
+    return one_line(repr(value), 60)
 
 
 def send_message(sock: socket.socket, message: dict[str, Any]) -> None:
@@ -70,15 +88,29 @@ def recv_message(sock: socket.socket, timeout_s: float, expect: str | None = Non
         raise ProtocolError(f"peer announced a {size}-byte message (limit {MAX_FRAME_BYTES})")
     try:
         message = json.loads(_recv_exact(sock, size, deadline).decode())
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # deep nesting, 5000-digit numbers
         raise ProtocolError("peer sent a message that is not JSON") from None
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
         raise ProtocolError("peer sent a message without a type")
     if message["type"] == "error":
-        raise ProtocolError(f"peer refused: {message.get('message', 'no reason given')}")
+        reason = one_line(message.get("message", "no reason given"))
+        if message.get("code") == BUSY:
+            raise ServerBusy(reason)
+        raise ProtocolError(f"peer refused: {reason}")
     if expect is not None and message["type"] != expect:
-        raise ProtocolError(f"expected a {expect!r} message, got {message['type']!r}")
+        raise ProtocolError(f"expected a {expect!r} message, got {short_repr(message['type'])}")
     return message
+
+
+def send_error(sock: socket.socket, text: str, code: str | None = None) -> None:
+    """Tell the peer why we stop, if it still listens (it may be the reason we stop)."""
+    message = {"type": "error", "message": one_line(text)}
+    if code is not None:
+        message["code"] = code
+    try:
+        send_message(sock, message)
+    except PeerError:
+        pass
 
 
 def connect(host: str, port: int, timeout_s: float, what: str) -> socket.socket:
@@ -134,6 +166,17 @@ class PublicModel:
     @classmethod
     def from_dict(cls, data: Any) -> PublicModel:
         try:
-            return cls(**data)
+            public = cls(**data)
         except TypeError as error:
-            raise ProtocolError(f"malformed model description ({error})") from None
+            raise ProtocolError(f"malformed model description ({one_line(error)})") from None
+        kinds = {"config": dict, "approx": dict, "tokenizer_json": str, "dealer": str}
+        for name, kind in kinds.items():
+            if not isinstance(getattr(public, name), kind):
+                kind_name = kind.__name__
+                raise ProtocolError(f"malformed model description ({name} is not a {kind_name})")
+        scales = public.layernorm_var_scales
+        if not isinstance(scales, list) or not all(type(v) in (int, float) for v in scales):
+            raise ProtocolError("malformed model description (layernorm_var_scales)")
+        if public.dealer not in TRUST_LABELS:
+            raise ProtocolError(f"unknown dealer mode {short_repr(public.dealer)}")
+        return public
