@@ -22,7 +22,8 @@ from mpc.compat import import_crypten
 RECIPROCAL_METHODS = ("NR", "log")
 SIGMOID_TANH_METHODS = ("reciprocal", "chebyshev")
 GELU_FORMS = ("tanh", "erf", "poly")
-SOFTMAX_FORMS = ("stock", "max_free")
+SOFTMAX_FORMS = ("stock", "tree", "max_free")
+COMPARISONS = ("stock", "packed")
 POSITIVE_INT_FIELDS = (
     "precision_bits",
     "exp_iterations",
@@ -35,6 +36,7 @@ CHOICES = {
     "sigmoid_tanh_method": SIGMOID_TANH_METHODS,
     "gelu_form": GELU_FORMS,
     "softmax_form": SOFTMAX_FORMS,
+    "comparison": COMPARISONS,
 }
 MAX_PRECISION_BITS = 20
 MAX_SOFTMAX_LOGIT_BOUND = 4.0
@@ -69,6 +71,11 @@ class ApproxConfig(JsonConfig):
     # Max-free softmax only: accurate when each row's max logit lies in [-b, b]. The window is
     # narrow because 16 fraction bits give exp and reciprocal ~2^16 of dynamic range.
     softmax_logit_bound: float = 2.5
+    # Protocol knobs (mpc.fast_beaver, mpc.weight_masks, mpc.fast_compare): the same numbers,
+    # fewer bytes, rounds or seconds. PROTOCOL_PROFILES names the two standard settings.
+    weight_masks: bool = False  # share each weight once per model; queries open only X - A
+    fast_matmul: bool = False  # exact int64 products through float64 BLAS (CPU time only)
+    comparison: str = "stock"  # "packed": carry-only, bit-sliced less-than-zero (~4.7x fewer B)
 
     def __post_init__(self) -> None:
         for name in POSITIVE_INT_FIELDS:
@@ -89,6 +96,10 @@ class ApproxConfig(JsonConfig):
         self._check_choice("sigmoid_tanh_method", SIGMOID_TANH_METHODS)
         self._check_choice("gelu_form", GELU_FORMS)
         self._check_choice("softmax_form", SOFTMAX_FORMS)
+        self._check_choice("comparison", COMPARISONS)
+        for name in ("weight_masks", "fast_matmul"):
+            if not isinstance(getattr(self, name), bool):
+                raise ApproxError(f"{name} must be true or false, got {getattr(self, name)!r}")
         bound = self.softmax_logit_bound
         if isinstance(bound, bool) or not isinstance(bound, int | float):
             raise ApproxError(f"softmax_logit_bound must be a number, got {bound!r}")
@@ -109,13 +120,66 @@ class ApproxConfig(JsonConfig):
             raise ApproxError(f"{name}={getattr(self, name)!r}; choose one of {choices}")
 
 
+# The protocol knobs of each named profile; "stock" is CrypTen 0.4.1 as shipped.
+PROTOCOL_PROFILES: dict[str, dict[str, Any]] = {
+    "stock": {
+        "weight_masks": False,
+        "fast_matmul": False,
+        "comparison": "stock",
+        "softmax_form": "stock",
+    },
+    "optimized": {
+        "weight_masks": True,
+        "fast_matmul": True,
+        "comparison": "packed",
+        "softmax_form": "tree",
+    },
+}
+
+
+def with_profile(approx: ApproxConfig, profile: str) -> ApproxConfig:
+    """`approx` with the protocol knobs of a named profile (a max-free softmax is kept: it is an
+    approximation choice, available under both profiles)."""
+    if profile not in PROTOCOL_PROFILES:
+        raise ApproxError(f"unknown protocol profile {profile!r}; choose {list(PROTOCOL_PROFILES)}")
+    knobs = dict(PROTOCOL_PROFILES[profile])
+    if approx.softmax_form == "max_free":
+        knobs.pop("softmax_form")
+    return approx.replace(**knobs)
+
+
+def profile_name(approx: ApproxConfig) -> str:
+    """ "stock" or "optimized" when every protocol knob matches that profile, else "custom"."""
+    for name, knobs in PROTOCOL_PROFILES.items():
+        relevant = {k: v for k, v in knobs.items() if k != "softmax_form"}
+        softmax_ok = approx.softmax_form in (knobs["softmax_form"], "max_free")
+        if softmax_ok and all(getattr(approx, k) == v for k, v in relevant.items()):
+            return name
+    return "custom"
+
+
+def parse_bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
 def add_approx_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per field (`--gelu-form`, `--sqrt-iterations`, ...); unset flags keep defaults."""
-    group = parser.add_argument_group("approximations (mpc.approx.ApproxConfig)")
+    """One flag per field (`--gelu-form`, `--sqrt-iterations`, ...); unset flags keep defaults.
+    `--protocol stock|optimized` sets the protocol knobs first; single flags override them."""
+    group = parser.add_argument_group("approximations and protocol (mpc.approx.ApproxConfig)")
+    group.add_argument(
+        "--protocol",
+        choices=list(PROTOCOL_PROFILES),
+        help="protocol profile (default: stock, CrypTen as shipped)",
+    )
     for field in dataclasses.fields(ApproxConfig):
+        kind = type(field.default)
         group.add_argument(
             "--" + field.name.replace("_", "-"),
-            type=type(field.default),
+            type=parse_bool if kind is bool else kind,
             choices=CHOICES.get(field.name),
             help=f"default: {field.default}",
         )
@@ -125,7 +189,14 @@ def approx_from_arguments(args: argparse.Namespace) -> ApproxConfig:
     """The config the flags of `add_approx_arguments` describe (defaults for unset ones)."""
     names = [field.name for field in dataclasses.fields(ApproxConfig)]
     given = {name: getattr(args, name, None) for name in names}
-    return ApproxConfig(**{name: value for name, value in given.items() if value is not None})
+    approx = ApproxConfig(**{name: value for name, value in given.items() if value is not None})
+    profile = getattr(args, "protocol", None)
+    if profile is None:
+        return approx
+    knobs = {k: v for k, v in PROTOCOL_PROFILES[profile].items() if given.get(k) is None}
+    if approx.softmax_form == "max_free":
+        knobs.pop("softmax_form", None)
+    return approx.replace(**knobs)
 
 
 def crypten_keys(approx: ApproxConfig) -> dict[str, Any]:

@@ -110,6 +110,14 @@ class CrypTenProfile:
         """Beaver matmul X (m x k) @ Y (k x n): open X - A and Y - B, 16 (mk + kn) B, 1 round."""
         return self.dealer_request(matmul_shape(x, y)) + self.open(x, y)
 
+    def weight_matmul(self, x: Shape, w: Shape) -> Cost:
+        """X @ W for a server weight W. Stock: a Beaver `matmul`. With weight masks
+        (`mpc.weight_masks`) only X - A is opened (16 |X| B, 1 round); the dealer's C = A B
+        reaches rank 0 as any triple does (TFP: shared from party 0 without traffic)."""
+        if not self.approx.weight_masks:
+            return self.matmul(x, w)
+        return self.dealer_request(matmul_shape(x, w)) + self.open(x)
+
     def square(self, x: Shape) -> Cost:
         """Beaver square: open x - r only, 16 |x| B, 1 round (dealer pair r, r^2)."""
         return self.dealer_request(x) + self.open(x)
@@ -140,7 +148,12 @@ class CrypTenProfile:
 
     def ltz(self, shape: Shape) -> Cost:
         """x < 0 (`_ltz`): A2B, keep the sign bit, one-bit B2A: 416 + 16 = 432 B/elem, 8 rounds.
-        Every comparison (lt, gt, ge, le, sign) is one ltz of the broadcast difference."""
+        Every comparison (lt, gt, ge, le, sign) is one ltz of the broadcast difference.
+        comparison "packed" (`mpc.fast_compare`): carry-only, bit-sliced: 78 B/elem, 8 rounds."""
+        if self.approx.comparison == "packed":
+            from mpc.fast_compare import packed_ltz_cost
+
+            return Cost(*packed_ltz_cost(shape, self.dealer, self.party))
         return self.a2b(shape) + self.b2a_bit(shape)
 
     def eqz(self, shape: Shape) -> Cost:
@@ -303,6 +316,16 @@ class CrypTenProfile:
         else:
             combine = self.ltz(shape)
         return self.ltz(pairs) + combine + self.weighted_index(shape)
+
+    def tree_max(self, shape: Shape) -> Cost:
+        """`mpc.ops.tree_max` along the last dim: per halving level a relu (ltz and multiply) of
+        the n // 2 pairs; an odd entry passes up for free."""
+        cost, n = ZERO, shape[-1]
+        while n > 1:
+            half = (*shape[:-1], n // 2)
+            cost += self.relu(half)
+            n = n - n // 2
+        return cost
 
     def max_log_reduction(self, shape: Shape) -> Cost:
         """Row max with its one-hot argmax (`max(dim, keepdim=True)`, method "log_reduction"):

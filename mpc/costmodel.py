@@ -63,6 +63,7 @@ def softmax(p: CrypTenProfile, shape: Shape) -> Cost:
     "stock" (CrypTen's): a row of one entry is the constant 1 (free); else the row max
         (`max_log_reduction`), exp(x - max), the reciprocal of the row sums (all positive) and
         the product e * (1 / sum) ((..., n) times (..., 1)). Row 128: 1488 B/elem, 116 rounds.
+    "tree": the same with `tree_max` for the row max (620 B/elem, 100 rounds at row 128).
     "max_free": z + z^2 / 2^(n+1) (a square), exp, the row sums times a public constant, their
         reciprocal (all positive), e * (1 / sum) (mul); public rescale free. Row 128: 165 B/elem,
         38 rounds."""
@@ -77,32 +78,33 @@ def softmax(p: CrypTenProfile, shape: Shape) -> Cost:
         return p.square(shape) + denominator + normalize
     if shape[-1] == 1:
         return ZERO
-    return p.max_log_reduction(shape) + denominator + normalize
+    row_max = p.tree_max(shape) if approx.softmax_form == "tree" else p.max_log_reduction(shape)
+    return row_max + denominator + normalize
 
 
 def _attention(p: CrypTenProfile, cfg: ModelConfig, T: int, charge) -> None:
     C, H, hs = cfg.n_embd, cfg.n_head, cfg.head_size
     scores = (1, H, T, T)
-    charge("qkv_proj", p.matmul((1, T, C), (C, 3 * C)))
+    charge("qkv_proj", p.weight_matmul((1, T, C), (C, 3 * C)))
     charge("attn_qk", p.matmul((1, H, T, hs), (1, H, hs, T)))  # 1 / sqrt(hs), mask: public
     if cfg.attn_temperature:  # logits * inv_temperature[:, :T].unsqueeze(-1)
         charge("scaling", p.mul(scores, (H, T, 1)))
     charge("softmax", softmax(p, scores))
     charge("attn_av", p.matmul(scores, (1, H, T, hs)))
-    charge("out_proj", p.matmul((1, T, C), (C, C)))
+    charge("out_proj", p.weight_matmul((1, T, C), (C, C)))
 
 
 def _feed_forward(p: CrypTenProfile, cfg: ModelConfig, T: int, charge) -> None:
     C, hidden = cfg.n_embd, cfg.ffn_hidden
     if cfg.ffn_form == "fused":
-        charge("ffn_linear", p.matmul((1, T, C), (C, C)))
+        charge("ffn_linear", p.weight_matmul((1, T, C), (C, C)))
     else:
-        charge("ffn_linear", p.matmul((1, T, C), (C, hidden)))
+        charge("ffn_linear", p.weight_matmul((1, T, C), (C, hidden)))
         if cfg.ffn_act == "gelu":
             charge("gelu", gelu(p, (1, T, hidden)))
         elif cfg.ffn_act == "relu":
             charge("relu", p.relu((1, T, hidden)))
-        charge("ffn_linear", p.matmul((1, T, hidden), (hidden, C)))
+        charge("ffn_linear", p.weight_matmul((1, T, hidden), (hidden, C)))
     if cfg.ffn_scaled:  # beta * h + (1 / alpha) * FFN(h): two (1, T, C) x (1,) multiplies
         charge("scaling", 2 * p.mul((1, T, C), (1,)))
 
@@ -136,7 +138,7 @@ def predict_costs(
     charge = charger(GLOBAL_LAYER)
     charge("other", ZERO)  # every protocol call sits inside a category
     charge("input_share", ZERO)  # src=client sharing: a pseudo-random zero sharing, no traffic
-    charge("embedding", p.matmul((1, T, V), (V, C)))  # one-hot rows @ wte; + wpe free
+    charge("embedding", p.weight_matmul((1, T, V), (V, C)))  # one-hot rows @ wte; + wpe free
     for layer in range(cfg.n_layer):
         charge = charger(layer)
         if norm:
@@ -150,6 +152,6 @@ def predict_costs(
     if norm:
         charge("layernorm", layer_norm(p, (1, T, C)))  # ln_f runs on every position
     revealed = T if all_positions else 1
-    charge("lm_head", p.matmul((1, revealed, C), (C, V)))  # tied head: x @ wte^T
+    charge("lm_head", p.weight_matmul((1, revealed, C), (C, V)))  # tied head: x @ wte^T
     charge("reveal", p.reveal_to_one((1, revealed, V)))
     return {key: (cost.bytes, cost.rounds) for key, cost in totals.items()}

@@ -22,6 +22,7 @@ import torch
 from models.config import ModelConfig
 from mpc.approx import ApproxConfig, apply_to_crypten
 from mpc.compat import import_crypten
+from mpc.fast_beaver import install_protocol
 from mpc.measure import (
     GLOBAL_LAYER,
     CostRecorder,
@@ -39,6 +40,7 @@ from mpc.secure_model import (
     inference_model,
     one_hot,
 )
+from mpc.weight_masks import MaskSecret, WeightMasks
 
 DEALER_RANK = 2  # CrypTen's TTP takes rank = world size
 
@@ -68,6 +70,9 @@ class PartyResult:
     tokens: list[int] = field(default_factory=list)  # generated (client only)
     logits: list[torch.Tensor] = field(default_factory=list)  # revealed (client only)
     steps: list[dict[str, float]] = field(default_factory=list)  # per forward: bytes, rounds, s
+    # once per session, before the queries: weight-mask set-up (bytes of B sent to the dealer:
+    # nonzero only in the first session of a loaded model)
+    setup: dict[str, float] = field(default_factory=dict)
 
 
 @contextlib.contextmanager
@@ -99,10 +104,26 @@ def start_crypten(spec: SessionSpec, rank: int) -> Any:
     crypten = import_crypten()
     crypten.cfg.mpc.provider = "TTP" if spec.dealer == "ttp" else "TFP"
     crypten.cfg.communicator.verbose = True
-    apply_to_crypten(ApproxConfig.from_dict(spec.public.approx))
+    approx = ApproxConfig.from_dict(spec.public.approx)
+    apply_to_crypten(approx)
+    use_optimized_protocol(approx)
     with distributed_timeout(spec.timeout_s), translate_peer_errors("starting the MPC session"):
         crypten.init()
+    if approx.fast_matmul and spec.dealer == "ttp" and rank == SERVER:
+        from crypten.mpc.provider.ttp_provider import TTPClient
+
+        with translate_peer_errors("configuring the dealer"):
+            TTPClient.get().ttp_request("configure", None, True)
     return crypten
+
+
+def use_optimized_protocol(approx: ApproxConfig) -> None:
+    """Install the protocol knobs of `approx` in this (session) process."""
+    from mpc.fast_compare import packed_ltz
+
+    install_protocol(approx.fast_matmul)
+    if approx.comparison == "packed":  # a party process serves one session: never restored
+        import_crypten().mpc.MPCTensor._ltz = packed_ltz
 
 
 @contextlib.contextmanager
@@ -134,13 +155,43 @@ def check_same_model(crypten: Any, rank: int, fingerprint: str) -> None:
     comm.reset_communication_stats()
 
 
-def build_encrypted_model(crypten: Any, spec: SessionSpec, state: dict | None) -> Any:
+def build_encrypted_model(
+    crypten: Any, spec: SessionSpec, rank: int, state: dict | None, secret: MaskSecret | None
+) -> tuple[Any, dict[str, float]]:
+    """The encrypted model and what its set-up cost (weight masks only)."""
     cfg = spec.config
+    approx = ApproxConfig.from_dict(spec.public.approx)
     model = inference_model(cfg, state)  # client: random skeleton, only shapes are used
     apply_var_scales(model, spec.public.layernorm_var_scales)
-    model.use_ops(CryptenOps(ApproxConfig.from_dict(spec.public.approx)))
-    encrypt_parameters(model, crypten, src=SERVER)
-    return model
+    model.use_ops(CryptenOps(approx))
+    setup: dict[str, float] = {}
+    if approx.weight_masks:
+        setup = share_masked_weights(crypten, model, spec, rank, secret)
+    encrypt_parameters(model, crypten, src=SERVER)  # every parameter not masked above
+    return model, setup
+
+
+def share_masked_weights(
+    crypten: Any, model: Any, spec: SessionSpec, rank: int, secret: MaskSecret | None
+) -> dict[str, float]:
+    """Weights with masks reused across queries (`mpc.weight_masks`): the server's secret goes to
+    the client over the MPC channel (never to the dealer), and the dealer gets the server's
+    shares once per loaded model."""
+    if rank == SERVER and secret is None:
+        raise ValueError("weight masks need the server's MaskSecret")
+    comm = crypten.communicator.get()
+    approx = ApproxConfig.from_dict(spec.public.approx)
+    with translate_peer_errors("setting up the weight masks"):
+        fields = comm.broadcast_obj(vars(secret) if rank == SERVER else None, SERVER)
+        secret = MaskSecret(**fields)
+        masks = WeightMasks(rank, secret, spec.dealer)
+        masks.share_weights(model, crypten, approx.precision_bits)
+        setup = {"bytes": 0.0, "wall_s": 0.0}
+        if spec.dealer == "ttp" and rank == SERVER:
+            setup = masks.upload_to_dealer()
+    install_protocol(approx.fast_matmul).masks = masks
+    comm.reset_communication_stats()
+    return setup
 
 
 def run_queries(
@@ -189,15 +240,22 @@ def run_queries(
 
 
 def run_party(
-    spec: SessionSpec, rank: int, prompt: list[int] | None, state: dict | None, on_step=None
+    spec: SessionSpec,
+    rank: int,
+    prompt: list[int] | None,
+    state: dict | None,
+    on_step=None,
+    mask_secret: MaskSecret | None = None,
 ) -> PartyResult:
-    """A whole session for the server (with `state`) or the client (with `prompt`);
-    `on_step(step, result)` is called after each forward pass (progress reports)."""
+    """A whole session for the server (with `state` and, for weight masks, its `mask_secret`)
+    or the client (with `prompt`); `on_step(step, result)` is called after each forward pass
+    (progress reports)."""
     crypten = start_crypten(spec, rank)
     with translate_peer_errors("checking the model"):
         check_same_model(crypten, rank, spec.public.fingerprint())
-    model = build_encrypted_model(crypten, spec, state)
+    model, setup = build_encrypted_model(crypten, spec, rank, state, mask_secret)
     result = run_queries(crypten, model, spec, rank, prompt, on_step)
+    result.setup = setup
     with translate_peer_errors("closing the session"):
         crypten.uninit()
     return result
@@ -216,5 +274,7 @@ def run_dealer(host: str, port: int, timeout_s: float, threads: int = 1) -> None
     torch.manual_seed(secrets.randbits(63))  # the TTP seeds each party's generator from this
     crypten = import_crypten()
     crypten.cfg.mpc.provider = "TTP"
+    from mpc.ttp_service import serve_dealer_session
+
     with distributed_timeout(timeout_s), translate_peer_errors("dealing"):
-        crypten.mpc.provider.TTPServer()  # returns on "terminate"; swallows a peer's failure
+        serve_dealer_session(crypten)  # returns on "terminate"; swallows a peer's failure

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from models.config import VARIANTS, resolve_config
-from mpc.approx import ApproxConfig
+from mpc.approx import PROTOCOL_PROFILES, ApproxConfig
 from mpc.cost_profiles import CrypTenProfile, ttp_request_bytes
 from mpc.costmodel import gelu, layer_norm, predict_costs, softmax
 from mpc.local import local_parties
@@ -83,7 +83,9 @@ SERVER_FILE_WAIT_S = 20.0
 
 
 def server_flags(approx: dict) -> list[str]:
-    return [arg for key, value in approx.items() for arg in ("--" + key.replace("_", "-"), value)]
+    return [
+        arg for key, value in approx.items() for arg in ("--" + key.replace("_", "-"), str(value))
+    ]
 
 
 def wait_for(path: Path) -> dict:
@@ -136,6 +138,8 @@ def check_session(tmp_path, arch: str, dealer: str, approx: dict, queries) -> No
                 assert not wrong, where + ":\n  " + "\n  ".join(wrong)
 
 
+OPTIMIZED = PROTOCOL_PROFILES["optimized"]
+
 # Every category and op form at least once: LayerNorm, each GELU form's path (poly, tanh through
 # the sigmoid), relu, both softmax forms (stock with its one-entry shortcut at T = 1), both kinds
 # of "scaling", pruned layers, fused FFNs, all-positions reveal, both dealers, both parties.
@@ -150,6 +154,10 @@ DEFAULT_SESSIONS = {
     "sm+ln+r-ttp-allpositions": ("sm+ln+r", "ttp", {}, [(6, 1, True)]),
     "aero-ttp-maxfree": ("aero", "ttp", {"softmax_form": "max_free"}, [(11, 1, False)]),
     "sm+scfuffn+prune-tfp-from1": ("sm+scfuffn+prune", "tfp", {}, [(1, 2, False)]),
+    # The optimized profile: masks uploaded in the first query and reused by the second.
+    "baseline-ttp-optimized": ("baseline", "ttp", OPTIMIZED, [(10, 1, False), (7, 2, False)]),
+    "sm+ln+r-tfp-optimized-allpositions": ("sm+ln+r", "tfp", OPTIMIZED, [(6, 1, True)]),
+    "aero-ttp-optimized-from1": ("aero", "ttp", OPTIMIZED, [(1, 2, False)]),
 }
 
 
