@@ -13,7 +13,6 @@ A failed session (bad input, a silent or vanished peer) ends as one log line; th
 from __future__ import annotations
 
 import argparse
-import collections
 import multiprocessing
 import socket
 import sys
@@ -138,21 +137,25 @@ def stop_process(process) -> None:
 
 class PortPool:
     """The MPC rendezvous ports of concurrent sessions: one per session, `size` at most, so the
-    pool is also the session limit. Handed out round-robin: a port just given back (whose old
-    session's dealer may still be winding down) is the last one reused."""
+    pool is also the session limit. The lowest free port first: a server answering one client at
+    a time always uses `--mpc-port`, the one port a firewall (or compose file) must open then."""
 
     def __init__(self, base: int, size: int) -> None:
         self.size = size
-        self.free = collections.deque(range(base, base + size))
+        self.free = set(range(base, base + size))
         self.lock = threading.Lock()
 
     def take(self) -> int | None:
         with self.lock:
-            return self.free.popleft() if self.free else None
+            if not self.free:
+                return None
+            port = min(self.free)
+            self.free.remove(port)
+            return port
 
     def give_back(self, port: int) -> None:
         with self.lock:
-            self.free.append(port)
+            self.free.add(port)
 
 
 class Server:

@@ -23,8 +23,8 @@ from mpc.local import LocalParties, local_parties
 from tests.test_secure_errors import EXIT_USER_ERROR, wait_for
 from tests.test_soak import RANDOM_TINY, prompt_file, session_processes
 
-TIMEOUT_S = 15
-SLACK_S = 25  # process start-up and teardown on a loaded 2-core machine, on top of the timeout
+TIMEOUT_S = 20
+SLACK_S = 30  # process start-up and teardown on a loaded 2-core machine, on top of the timeout
 KINDS = ("client", "dealer", "server")
 ROUNDS_DEFAULT, ROUNDS_FULL = 1, 10
 NEW_TOKENS = "2"  # two forward passes: a longer MPC phase for the kill to land in

@@ -12,6 +12,7 @@ import contextlib
 import json
 import socket
 import struct
+import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -28,7 +29,7 @@ from mpc.protocol import recv_message as recv
 from mpc.server import validate_request
 from tests.test_secure_errors import wait_for
 
-TIMEOUT_S = 10
+TIMEOUT_S = 20  # the server's every wait: its party's start-up on a loaded machine must fit
 EXAMPLES = {"request": 300, "frame": 100, "booking": 60, "hello": 150, "prompt": 150}
 FUZZ = settings(
     deadline=None,
@@ -168,14 +169,29 @@ def test_malformed_dealer_bookings_are_refused(parties, booking):
     assert_refused(answer)
 
 
+def test_a_silent_client_is_dropped_after_the_timeout(parties):
+    SENT["server"] += 1
+    started = time.monotonic()
+    with connect(parties.host, parties.port, 10, "server") as sock:
+        recv(sock, TIMEOUT_S, expect="hello")
+        with pytest.raises(ProtocolError, match="peer sent nothing before the timeout"):
+            recv(sock, 3 * TIMEOUT_S)
+    assert TIMEOUT_S - 1 < time.monotonic() - started < 2 * TIMEOUT_S
+
+
 def test_server_and_dealer_survive_and_log_one_line_each(parties, tmp_path):
     (tmp_path / "ids.json").write_text("[1, 2, 3]")
-    record = parties.client("--tokens", str(tmp_path / "ids.json"), "--timeout", "60")
+    SENT["dealer"] += 1  # a silent booking connection must not hold up the real booking
+    with connect(parties.host, parties.dealer_port, 10, "dealer"):
+        record = parties.client("--tokens", str(tmp_path / "ids.json"), "--timeout", "60")
     assert len(record["generated_ids"]) == 1
     wait_for(lambda: "query 1 from" in (parties.logs / "server.log").read_text(), 30)
+    refusals = lambda: (parties.logs / "dealer.log").read_text().count("refused: ")
+    wait_for(lambda: refusals() == SENT["dealer"], 30)  # the silent one, once it closed
     server_log = (parties.logs / "server.log").read_text()
     dealer_log = (parties.logs / "dealer.log").read_text()
     assert "Traceback" not in server_log + dealer_log and "unexpectedly" not in server_log
+    print(f"\nfuzz: malformed inputs sent to the server {SENT['server']}, dealer {SENT['dealer']}")
     assert server_log.count("failed: ") == SENT["server"] >= 300, server_log[-2000:]
     assert dealer_log.count("refused: ") == SENT["dealer"], dealer_log[-2000:]
 

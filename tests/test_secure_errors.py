@@ -9,8 +9,10 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
+import torch
 
 from mpc.local import free_port, local_parties
 from mpc.protocol import PROTOCOL_VERSION, connect, recv_message, send_message
@@ -131,6 +133,38 @@ def test_corrupt_checkpoint_and_port_in_use(tmp_path, tiny_checkpoints):
             ["mpc.server", "--checkpoint", str(tiny_checkpoints["baseline"]), "--port", str(port)]
         )
     assert_one_line_error(result, f"server cannot listen on 127.0.0.1:{port}")
+
+
+class RunsCode:
+    """Unpickling this runs a shell command: what a hostile checkpoint file could carry."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_checkpoints_are_loaded_without_running_code_and_checked_against_their_config(
+    tmp_path, tiny_checkpoints
+):
+    good = torch.load(tiny_checkpoints["baseline"], weights_only=True)
+    hostile, marker = tmp_path / "hostile.pt", tmp_path / "code-ran"
+    torch.save({**good, "meta": RunsCode(marker)}, hostile)
+    result = run(["mpc.server", "--checkpoint", str(hostile), "--port", str(free_port())])
+    assert_one_line_error(result, "is not a readable checkpoint")
+    assert not marker.exists(), "loading the checkpoint ran pickled code"
+    mismatched = tmp_path / "mismatched.pt"
+    torch.save({**good, "config": {**good["config"], "n_embd": 64}}, mismatched)
+    result = run(["mpc.server", "--checkpoint", str(mismatched), "--port", str(free_port())])
+    assert_one_line_error(result, "weights do not match the config")
+
+
+def test_unknown_architecture_and_bad_limits():
+    result = run(["mpc.server", "--random-arch", "gpt5", "--preset", "tiny"])
+    assert_one_line_error(result, "unknown architecture 'gpt5'")
+    result = run(["mpc.client", "--prompt", "x", "--timeout", "0"])
+    assert result.returncode == EXIT_USER_ERROR and "--timeout must be positive" in result.stderr
 
 
 def test_server_vanishing_mid_query_ends_the_client(tiny_checkpoints, tmp_path):
