@@ -196,3 +196,14 @@ def test_every_variant_runs_under_spu(tmp_path, backend):
     client = rows[(rows.party == "client") & (rows.category == TOTAL)]
     assert len(client) == len(VARIANTS)
     assert (client.max_abs_logit_error <= SPU_ATOL).all() and (client.top1_match == 1.0).all()
+
+
+def test_crypten_backend_flag_is_dropped_before_the_crypten_programs():
+    from mpc.spu import spu_dispatch
+
+    assert spu_dispatch("client", ["--backend", "crypten", "--port", "1"]) == (
+        ["--port", "1"],
+        None,
+    )
+    assert spu_dispatch("server", ["--backend=crypten"]) == ([], None)
+    assert spu_dispatch("server", ["--port", "1"]) == (["--port", "1"], None)
