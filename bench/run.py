@@ -31,7 +31,7 @@ from models.atomic import atomic_write_json, atomic_write_text
 from models.checkpoint import Checkpoint, load_checkpoint, random_checkpoint
 from models.cli import UserError, add_config_args, config_from_args, run_main
 from models.config import expand_arch_names
-from mpc.approx import add_approx_arguments, approx_from_arguments
+from mpc.approx import add_approx_arguments, approx_from_arguments, profile_name
 from mpc.costmodel import predict_costs
 from mpc.local import local_parties
 
@@ -127,18 +127,18 @@ def parties_on(network: str, **kwargs):
 
 
 def measure_target(
-    args, target: Target, seq_len: int, run_id: str, network: str
+    args, target: Target, seq_len: int, run_id: str, network: str, profile: str = "stock"
 ) -> list[ResultRow]:
-    """All repeats of one architecture at one sequence length on one network, in one server's
-    lifetime."""
-    approx = approx_from_arguments(args)
+    """All repeats of one architecture at one sequence length on one network under one protocol
+    profile, in one server's lifetime."""
+    approx = approx_from_arguments(args, profile)
     base = dict(
         run_id=run_id,
         arch=target.config.arch,
         preset=args.preset,
         weights=target.weights,
         backend="crypten",
-        protocol="stock",
+        protocol=profile_name(approx),
         dealer=args.dealer,
         network=network,
         seq_len=seq_len,
@@ -151,7 +151,7 @@ def measure_target(
             scratch,
             "--threads",
             str(args.threads),
-            *approx_flags(args),
+            *approx_flags(args, profile),
         )
         with parties_on(
             network,
@@ -177,6 +177,7 @@ def measure_target(
                 server = wait_for_json(Path(scratch) / f"server-{repeat + 1}.json", args.timeout)
                 fresh = rows_of_party(client, "client", base, repeat)
                 fresh += rows_of_party(server, "server", base, repeat)
+                report_mask_setup(server, target)
                 add_accuracy(fresh, target, tokens, client["logits"])
                 rows += fresh
                 report_progress(target, seq_len, repeat, args.repeats, fresh, started)
@@ -189,7 +190,8 @@ def measure_backends(args, target: Target, seq_len: int, run_id: str, network: s
     rows = []
     for backend in args.backend:
         if backend == "crypten":
-            rows += measure_target(args, target, seq_len, run_id, network)
+            for profile in args.protocol or ["stock"]:
+                rows += measure_target(args, target, seq_len, run_id, network, profile)
         elif network == "loopback":
             from bench.spu_runner import measure_spu_target
 
@@ -197,10 +199,10 @@ def measure_backends(args, target: Target, seq_len: int, run_id: str, network: s
     return rows
 
 
-def approx_flags(args: argparse.Namespace) -> list[str]:
-    """The approximation flags the user gave, passed on to the server unchanged."""
+def approx_flags(args: argparse.Namespace, profile: str = "stock") -> list[str]:
+    """The server flags of the approximations the user gave under protocol `profile`."""
     defaults = approx_from_arguments(argparse.Namespace())
-    chosen = approx_from_arguments(args)
+    chosen = approx_from_arguments(args, profile)
     flags = []
     for name, value in chosen.to_dict().items():
         if value != getattr(defaults, name):
@@ -215,6 +217,18 @@ def wait_for_json(path: Path, timeout: float) -> dict:
             raise UserError(f"the server wrote no measurements to {path}")
         time.sleep(0.1)
     return json.loads(path.read_text())
+
+
+def report_mask_setup(server: dict, target: Target) -> None:
+    """The one-off weight-mask upload of the optimized profile (first query of a loaded model):
+    not part of any query's figures, so it is printed here and stated in README."""
+    setup = server["steps"][0].get("mask_setup") or {}
+    if setup.get("bytes"):
+        print(
+            f"  {target.config.arch:22s} weight masks: {setup['bytes'] / 1e6:.1f} MB sent to the "
+            f"dealer once for this loaded model ({setup['wall_s']:.1f} s), not counted per query",
+            flush=True,
+        )
 
 
 def report_progress(target, seq_len, repeat, repeats, rows, started) -> None:
@@ -254,9 +268,12 @@ def write_results(folder: Path, rows: list[ResultRow], config: dict, draw: bool)
     atomic_write_json(folder / "config.json", config)
     if draw:
         from bench.figures import draw_all
+        from bench.protocols import protocol_markdown
         from bench.report import summary_markdown
 
-        atomic_write_text(folder / "summary.md", summary_markdown(frame))
+        comparison = protocol_markdown(frame)
+        summary = summary_markdown(frame) + (f"\n{comparison}\n" if comparison else "")
+        atomic_write_text(folder / "summary.md", summary)
         draw_all(frame, folder / "plots")
 
 
@@ -299,7 +316,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds any wait may last")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per party")
     parser.add_argument("--no-plots", action="store_true")
-    add_approx_arguments(parser)
+    add_approx_arguments(parser, many_protocols=True)
     args = parser.parse_args(argv)
     if bool(args.arch) == bool(args.checkpoint):
         parser.error("give either --arch or --checkpoint")
@@ -328,6 +345,9 @@ def main(argv: list[str] | None = None) -> int:
         "run_id": run_id,
         "argv": sys.argv[1:],
         "approx": approx.to_dict(),
+        "protocols": {
+            name: approx_from_arguments(args, name).to_dict() for name in args.protocol or ["stock"]
+        },
         "networks_projected": NETWORKS,
         "architectures": {t.config.arch: t.config.to_dict() for t in targets},
     }
@@ -349,6 +369,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"MODEL MISMATCH > 1 %: {line}")
     if not args.no_plots:
         print((folder / "summary.md").read_text())
+    elif len(args.protocol or []) > 1:
+        import pandas as pd
+
+        from bench.protocols import protocol_markdown
+
+        print(protocol_markdown(pd.DataFrame([vars(row) for row in rows])))
     return 0
 
 

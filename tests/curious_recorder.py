@@ -146,7 +146,7 @@ def _record_provider(cls: type, name: str) -> None:
             {
                 "kind": "triple",
                 "function": name,
-                "provider": cls.NAME,
+                "provider": getattr(cls, "NAME", cls.__name__),
                 "op": op if isinstance(op, str) else None,
                 "own_shares": [_plain(t.share) for t in outputs],
                 "drawn": draws,
@@ -184,8 +184,27 @@ def _record_cryptensors(crypten: ModuleType) -> None:
     crypten.cryptensor = cryptensor
 
 
+def _record_weight_masks() -> None:
+    """The optimized profile's weight masks: each fixed-mask pair (a, c) is a triple of this
+    party, and each weight share it holds (B on the server, D on the client) is its share of a
+    server-owned tensor, like the shares `crypten.cryptensor(src=0)` makes."""
+    from mpc.weight_masks import WeightMasks
+
+    _record_provider(WeightMasks, "fixed_mask_pair")
+    original = WeightMasks.share_weights
+
+    @functools.wraps(original)
+    def share_weights(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        for weight in self.by_storage.values():
+            EVENTS.append({"kind": "cryptensor", "src": 0, "share": _plain(weight.share)})
+
+    WeightMasks.share_weights = share_weights
+
+
 def install() -> None:
-    """Hook the communicator, both tuple providers and `crypten.cryptensor` (idempotent)."""
+    """Hook the communicator, both tuple providers, the weight masks' pairs and shares, and
+    `crypten.cryptensor` (idempotent)."""
     global _installed
     if _installed:
         return
@@ -198,9 +217,12 @@ def install() -> None:
     for cls in (tfp_provider.TrustedFirstParty, ttp_provider.TrustedThirdParty):
         for name in PROVIDER_METHODS:
             _record_provider(cls, name)
-    for module in (tfp_provider, ttp_provider):
+    from crypten.common import rng
+
+    for module in (tfp_provider, ttp_provider, rng):  # weight masks draw from crypten's rng
         for name in RANDOM_DRAWS:
             _record_draws(module, name)
+    _record_weight_masks()
     _record_cryptensors(crypten)
     _installed = True
 

@@ -60,8 +60,11 @@ def started(folder: Path, name: str, command: list[str], transcript: Path | None
                 process.wait()
 
 
-def run_curious_session(checkpoint: Path, dealer: str, ids: list[int], folder: Path) -> dict:
-    """One query between a curious server and a curious client; the client's JSON record."""
+def run_curious_session(
+    checkpoint: Path, dealer: str, ids: list[int], folder: Path, protocol: str = "stock"
+) -> dict:
+    """One query between a curious server and a curious client under a protocol profile; the
+    client's JSON record."""
     port, dealer_port = free_port(HOST), free_port(HOST, span=1)
     (folder / "prompt.json").write_text(json.dumps(ids))
     python, timeout = [sys.executable, "-m"], ["--timeout", "60"]
@@ -73,7 +76,7 @@ def run_curious_session(checkpoint: Path, dealer: str, ids: list[int], folder: P
         server_command = [
             *python, "tests.curious_server", "--checkpoint", str(checkpoint), "--host", HOST,
             "--port", str(port), "--dealer", dealer, "--dealer-address", f"{HOST}:{dealer_port}",
-            "--max-queries", "1", *timeout,
+            "--max-queries", "1", "--protocol", protocol, *timeout,
         ]  # fmt: skip
         server = stack.enter_context(
             started(folder, "server", server_command, folder / "server.pt")
@@ -93,13 +96,15 @@ def run_curious_session(checkpoint: Path, dealer: str, ids: list[int], folder: P
     return json.loads((folder / "client.json").read_text())
 
 
-@pytest.fixture(scope="module", params=["ttp", "tfp"])
+@pytest.fixture(scope="module", params=["ttp", "tfp", "ttp-optimized"])
 def session(request, tiny_checkpoints, tiny_data, tmp_path_factory) -> dict:
-    dealer = request.param
-    folder = tmp_path_factory.mktemp(f"curious-{dealer}")
+    """The optimized profile adds weight masks (the client holds D, the server B, only X - A is
+    opened) and packed comparisons: the same attacks must fail, and pooling must still work."""
+    dealer, _, protocol = request.param.partition("-")
+    folder = tmp_path_factory.mktemp(f"curious-{request.param}")
     ids = [int(t) for t in tiny_data.val[200 : 200 + PROMPT_LENGTH]]
     checkpoint = tiny_checkpoints["baseline"]
-    record = run_curious_session(checkpoint, dealer, ids, folder)
+    record = run_curious_session(checkpoint, dealer, ids, folder, protocol or "stock")
     load = lambda name: torch.load(folder / f"{name}.pt", weights_only=True)["events"]
     return {"dealer": dealer, "ids": ids, "record": record, "checkpoint": checkpoint,
             "server": load("server"), "client": load("client")}  # fmt: skip
@@ -120,7 +125,7 @@ def beaver_openings(events: list[dict]) -> list[tuple[dict, list[torch.Tensor]]]
         if event["kind"] == "triple":
             triple = event
         elif triple is not None and event.get("method") == "all_reduce":
-            if triple["function"] in ("generate_additive_triple", "square"):
+            if triple["function"] in ("generate_additive_triple", "square", "fixed_mask_pair"):
                 pairs.append((triple, event["opened"]))
             triple = None
     return pairs
@@ -139,12 +144,19 @@ def unmasked_guesses(events: list[dict], side: int) -> Iterator[torch.Tensor]:
 
 
 def pooled_operands(server: list[dict], client: list[dict], side: int) -> Iterator[torch.Tensor]:
-    """What server and client would reconstruct together: opened x - a plus both shares of a."""
+    """What server and client would reconstruct together: opened x - a plus both shares of a
+    (a fixed-mask pair opens only x - a), and both shares of every server-owned tensor."""
     for (mine, opened), (theirs, _) in zip(
         beaver_openings(server), beaver_openings(client), strict=True
     ):
-        if mine["function"] == "generate_additive_triple":
+        products = ("generate_additive_triple", "fixed_mask_pair")
+        if mine["function"] in products and side < len(opened):
             yield opened[side] + mine["own_shares"][side] + theirs["own_shares"][side]
+    if side == 1:
+        for mine, theirs in zip(
+            own_input_shares(server, SERVER), own_input_shares(client, SERVER), strict=True
+        ):
+            yield mine + theirs
 
 
 def own_input_shares(events: list[dict], src: int) -> list[torch.Tensor]:

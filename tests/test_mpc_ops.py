@@ -211,11 +211,26 @@ def test_layer_norm_range_ends(crypten: types.ModuleType, ratio: float) -> None:
     assert_close(got, expected, 1.5e-3, f"layer_norm, variance / var_scale = {ratio}")
 
 
-def test_softmax_stock(crypten: types.ModuleType) -> None:
-    scores = torch.randn(4, 2, 16, 16, generator=torch.Generator().manual_seed(0)) * 3
-    scores = apply_causal_mask(scores, causal_keep(16), MASK)  # (B, H, T, T)
-    got = decrypt(CryptenOps(ApproxConfig()).softmax(crypten.cryptensor(scores), dim=-1))
-    assert_close(got, TORCH_OPS.softmax(scores, dim=-1), 6e-3, "stock softmax, N(0, 9) logits")
+@pytest.mark.parametrize("form", ["stock", "tree"])
+def test_softmax_with_row_max(crypten: types.ModuleType, form: str) -> None:
+    """The stock softmax and the tree-max one compute the same thing, to the same tolerance;
+    odd row lengths exercise the tree's pass-up entry."""
+    approx = ApproxConfig(softmax_form=form)
+    for length in (16, 13, 1):
+        scores = torch.randn(4, 2, length, length, generator=torch.Generator().manual_seed(0)) * 3
+        scores = apply_causal_mask(scores, causal_keep(length), MASK)  # (B, H, T, T)
+        got = decrypt(CryptenOps(approx).softmax(crypten.cryptensor(scores), dim=-1))
+        expected = TORCH_OPS.softmax(scores, dim=-1)
+        assert_close(got, expected, 6e-3, f"{form} softmax, T={length}, N(0, 9) logits")
+
+
+def test_tree_max_equals_the_row_max(crypten: types.ModuleType) -> None:
+    from mpc.ops import tree_max
+
+    for shape in [(3, 7), (2, 5, 128), (4, 1), (2, 3)]:
+        x = torch.randn(*shape, generator=torch.Generator().manual_seed(1)) * 20
+        got = decrypt(tree_max(crypten.cryptensor(x), dim=-1))
+        assert_close(got, x.amax(-1, keepdim=True), 1e-4, f"tree max of {shape}")
 
 
 def test_softmax_max_free(crypten: types.ModuleType) -> None:

@@ -1,0 +1,89 @@
+"""The optimized protocol profile, two real parties and a dealer: each optimization on its own
+against plaintext and the analytic cost model, and weight masks reused across queries."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from models.checkpoint import load_checkpoint
+from models.config import resolve_config
+from mpc.approx import PROTOCOL_PROFILES, ApproxConfig, profile_name
+from mpc.costmodel import predict_costs
+from mpc.local import local_parties
+from mpc.secure_model import inference_model
+from mpc.weight_masks import masked_weight_names
+from tests.test_costmodel import mismatches, server_flags, wait_for
+from tests.test_secure_inference import LOGIT_TOLERANCE, plaintext_logits, prompt_ids
+
+# Each knob alone, on the trained tiny baseline (LayerNorm, GELU, softmax: every op it touches).
+KNOBS = {
+    "weight_masks": {"weight_masks": True},
+    "fast_matmul": {"fast_matmul": True},
+    "packed_comparison": {"comparison": "packed"},
+    "tree_softmax": {"softmax_form": "tree"},
+}
+
+
+def ask(parties, tmp_path, ids: list[int], number: int) -> dict:
+    prompt = tmp_path / f"prompt-{number}.json"
+    prompt.write_text(json.dumps(ids))
+    return parties.client("--tokens", str(prompt))
+
+
+def check_logits(record: dict, checkpoint, ids: list[int], what: str) -> None:
+    expected = plaintext_logits(checkpoint, ids)[-1]
+    actual = torch.tensor(record["logits"][0])[-1]
+    error = (actual - expected).abs().max().item()
+    assert error < LOGIT_TOLERANCE, f"{what}: max abs logit error {error:.4f}"
+    top2 = expected.topk(2).values
+    if top2[0] - top2[1] > 2 * LOGIT_TOLERANCE:  # a near-tie may flip within the tolerance
+        assert record["generated_ids"][0] == int(expected.argmax()), f"{what}: top-1"
+
+
+def check_costs(record: dict, server: dict, approx: ApproxConfig, length: int, what: str) -> None:
+    cfg = resolve_config("baseline", "tiny")
+    for party, steps in (("client", record["steps"]), ("server", server["steps"])):
+        predicted = predict_costs(cfg, approx, length, "ttp", party)
+        wrong = mismatches(steps[0]["ops"], predicted)
+        assert not wrong, f"{what} {party}:\n  " + "\n  ".join(wrong)
+
+
+@pytest.mark.parametrize("knob", list(KNOBS))
+def test_each_optimization_alone(knob, tiny_checkpoints, tiny_data, tmp_path):
+    checkpoint, ids = tiny_checkpoints["baseline"], prompt_ids(tiny_data)
+    approx = ApproxConfig(**KNOBS[knob])
+    measure = tmp_path / "measure"
+    flags = ("--measure-dir", str(measure), *server_flags(KNOBS[knob]))
+    with local_parties(checkpoint, "ttp", server_args=flags, logs=str(tmp_path)) as parties:
+        record = ask(parties, tmp_path, ids, 1)
+        server = wait_for(measure / "server-1.json")
+    assert profile_name(approx) == "custom"
+    assert record["approx"] == approx.to_dict(), "the record states the knobs that ran"
+    check_logits(record, checkpoint, ids, knob)
+    check_costs(record, server, approx, len(ids), knob)
+
+
+def test_weight_masks_are_uploaded_once_and_reused(tiny_checkpoints, tiny_data, tmp_path):
+    """Three queries to one server under the optimized profile: the dealer gets the server's
+    mask shares B in the first session only (8 B per weight element), every query is right,
+    and each costs what the model predicts with masks reused (no W - B opened)."""
+    checkpoint = tiny_checkpoints["baseline"]
+    approx = ApproxConfig(**PROTOCOL_PROFILES["optimized"])
+    measure = tmp_path / "measure"
+    flags = ("--measure-dir", str(measure), "--protocol", "optimized")
+    prompts = [prompt_ids(tiny_data, length) for length in (10, 6, 10)]
+    with local_parties(checkpoint, "ttp", server_args=flags, logs=str(tmp_path)) as parties:
+        records = [ask(parties, tmp_path, ids, n) for n, ids in enumerate(prompts, start=1)]
+        servers = [wait_for(measure / f"server-{n}.json") for n in (1, 2, 3)]
+    loaded = load_checkpoint(checkpoint)
+    model = inference_model(loaded.config, loaded.model_state)
+    weights = sum(model.get_parameter(name).numel() for name in masked_weight_names(model))
+    setups = [server["steps"][0].get("mask_setup", {}).get("bytes", 0.0) for server in servers]
+    assert setups == [8.0 * weights, 0.0, 0.0]
+    assert profile_name(ApproxConfig.from_dict(records[0]["approx"])) == "optimized"
+    for number, (ids, record, server) in enumerate(zip(prompts, records, servers, strict=True)):
+        check_logits(record, checkpoint, ids, f"query {number + 1}")
+        check_costs(record, server, approx, len(ids), f"query {number + 1}")
