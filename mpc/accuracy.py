@@ -19,9 +19,11 @@ from pathlib import Path
 
 import torch
 
+from models.atomic import atomic_write_text
 from models.checkpoint import load_checkpoint
 from models.cli import run_main
 from models.data import data_of_checkpoint
+from mpc.approx import PROTOCOL_PROFILES
 from mpc.local import local_parties
 
 
@@ -76,7 +78,8 @@ def accuracy_report(
             record = parties.client("--tokens", str(tokens), "--all-positions")
             revealed.append(torch.tensor(record["logits"][0]))
     report = compare(torch.stack(revealed), plain, targets)
-    return {"arch": cfg.arch, "prompts": prompts, "length": length, "dealer": dealer, **report}
+    setting = {"arch": cfg.arch, "prompts": prompts, "length": length, "dealer": dealer}
+    return {**setting, "server_args": list(server_args), **report}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,17 +91,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--length", type=int, help="prompt length (default: the context)")
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--dealer", choices=("ttp", "tfp"), default="ttp")
+    parser.add_argument(
+        "--protocol",
+        nargs="+",
+        choices=list(PROTOCOL_PROFILES),
+        default=["stock"],
+        help="protocol profiles to measure, one after another on the same prompts",
+    )
     parser.add_argument("--json-out")
     args = parser.parse_args(argv)
-    report = accuracy_report(args.checkpoint, args.prompts, args.length, args.data_dir, args.dealer)
-    print(
-        f"{report['arch']}: {report['prompts']} prompts x {report['length']} tokens, dealer "
-        f"{report['dealer']}: max |err| {report['max_abs_error']:.4f}, mean |err| "
-        f"{report['mean_abs_error']:.5f}, top-1 agreement {100 * report['top1_agreement']:.2f}%, "
-        f"PPL {report['ppl_mpc']:.3f} (MPC) vs {report['ppl_plaintext']:.3f} (plaintext)"
-    )
+    reports = []
+    for profile in args.protocol:
+        report = accuracy_report(
+            args.checkpoint,
+            args.prompts,
+            args.length,
+            args.data_dir,
+            args.dealer,
+            server_args=("--protocol", profile),
+        )
+        reports.append({"protocol": profile, **report})
+        print(
+            f"{report['arch']} ({profile} protocol): {report['prompts']} prompts x "
+            f"{report['length']} tokens, dealer {report['dealer']}: max |err| "
+            f"{report['max_abs_error']:.4f}, mean |err| {report['mean_abs_error']:.5f}, top-1 "
+            f"agreement {100 * report['top1_agreement']:.2f}%, PPL {report['ppl_mpc']:.3f} "
+            f"(MPC) vs {report['ppl_plaintext']:.3f} (plaintext)",
+            flush=True,
+        )
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps(report, indent=1))
+        atomic_write_text(args.json_out, json.dumps(reports, indent=1))
     return 0
 
 

@@ -58,6 +58,40 @@ def calibrate_layernorms(model: GPT, tokens: torch.Tensor) -> list[float]:
     return [max(scale, 1e-4) for scale in scales]
 
 
+@torch.no_grad()
+def softmax_row_max_range(model: GPT, tokens: torch.Tensor) -> tuple[float, float]:
+    """(lowest, highest) row max of every attention softmax's input on calibration text: the
+    logits the max-free softmax must see inside its bound [-b, b]."""
+    from models.gpt import Softmax
+
+    lows, highs = [], []
+
+    def record(_, args) -> None:
+        row_max = args[0].amax(-1)  # masked entries sit at the mask value, below every row max
+        lows.append(float(row_max.min()))
+        highs.append(float(row_max.max()))
+
+    hooks = [m.register_forward_pre_hook(record) for m in model.modules() if isinstance(m, Softmax)]
+    try:
+        model(tokens)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return min(lows), max(highs)
+
+
+def check_softmax_bound(model: GPT, tokens: torch.Tensor, bound: float) -> None:
+    """Refuse the max-free softmax for a model whose attention logits leave [-bound, bound] on
+    public calibration text (the server's plaintext check before serving anything)."""
+    low, high = softmax_row_max_range(model, tokens)
+    if low < -bound or high > bound:
+        raise ValueError(
+            f"softmax_form=max_free needs every attention row max in [-{bound:g}, {bound:g}], "
+            f"but this model reaches [{low:.2f}, {high:.2f}] on calibration text: use "
+            "softmax_form=tree (or stock)"
+        )
+
+
 def apply_var_scales(model: GPT, scales: list[float]) -> None:
     norms = layer_norms(model)
     if len(norms) != len(scales):

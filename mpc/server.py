@@ -18,6 +18,7 @@ import socket
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import torch
@@ -43,7 +44,13 @@ from mpc.protocol import (
     send_message,
     short_repr,
 )
-from mpc.secure_model import SERVER, calibrate_layernorms, calibration_tokens, inference_model
+from mpc.secure_model import (
+    SERVER,
+    calibrate_layernorms,
+    calibration_tokens,
+    check_softmax_bound,
+    inference_model,
+)
 from mpc.weight_masks import MaskSecret
 
 
@@ -53,14 +60,19 @@ def describe_model(checkpoint_path: str, approx: ApproxConfig, dealer: str) -> P
     model = inference_model(checkpoint.config, checkpoint.model_state)
     scales: list[float] = []
     cfg = checkpoint.config
+    if checkpoint.tokenizer_json:
+        tokens = calibration_tokens(checkpoint.tokenizer_json, cfg.block_size)
+    else:  # random weights have no tokenizer; random ids exercise them just as well
+        tokens = torch.randint(
+            0, cfg.vocab_size, (4, cfg.block_size), generator=torch.Generator().manual_seed(0)
+        )
     if cfg.norm == "layernorm":
-        if checkpoint.tokenizer_json:
-            tokens = calibration_tokens(checkpoint.tokenizer_json, cfg.block_size)
-        else:  # random weights have no tokenizer; random ids exercise them just as well
-            tokens = torch.randint(
-                0, cfg.vocab_size, (4, cfg.block_size), generator=torch.Generator().manual_seed(0)
-            )
         scales = calibrate_layernorms(model, tokens)
+    if approx.softmax_form == "max_free":
+        try:
+            check_softmax_bound(model, tokens, approx.softmax_logit_bound)
+        except ValueError as error:
+            raise UserError(str(error)) from None
     return PublicModel(
         config=checkpoint.config.to_dict(),
         approx=approx.to_dict(),
@@ -309,6 +321,10 @@ class Server:
             try:
                 conn, (peer, *_) = listener.accept()
             except TimeoutError:
+                continue
+            except OSError as error:  # e.g. out of file descriptors: wait for sessions to end
+                print(f"server: cannot accept a client ({one_line(error)})", flush=True)
+                time.sleep(1.0)
                 continue
             port = self.ports.take()
             if port is None:

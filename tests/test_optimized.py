@@ -87,3 +87,20 @@ def test_weight_masks_are_uploaded_once_and_reused(tiny_checkpoints, tiny_data, 
     for number, (ids, record, server) in enumerate(zip(prompts, records, servers, strict=True)):
         check_logits(record, checkpoint, ids, f"query {number + 1}")
         check_costs(record, server, approx, len(ids), f"query {number + 1}")
+
+
+def test_max_free_softmax_is_refused_when_logits_leave_its_bound():
+    """The server's plaintext check on calibration text: random small weights stay inside the
+    bound; the same model with its query/key weights scaled up does not."""
+    from models.checkpoint import random_checkpoint
+    from mpc.secure_model import check_softmax_bound
+
+    cfg = resolve_config("baseline", "tiny")
+    model = inference_model(cfg, random_checkpoint(cfg).model_state)
+    tokens = torch.randint(0, cfg.vocab_size, (2, cfg.block_size))
+    check_softmax_bound(model, tokens, bound=2.5)
+    with torch.no_grad():
+        for block in model.transformer.h:
+            block.attn.c_attn.weight.mul_(40.0)
+    with pytest.raises(ValueError, match="max_free needs every attention row max"):
+        check_softmax_bound(model, tokens, bound=2.5)
