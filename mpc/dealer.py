@@ -19,6 +19,7 @@ import multiprocessing
 import socket
 import sys
 import threading
+import time
 
 from models.cli import UserError, run_main
 from mpc.party import run_dealer
@@ -114,6 +115,10 @@ class Dealer:
             try:
                 conn, (peer, *_) = listener.accept()
             except TimeoutError:
+                continue
+            except OSError as error:  # e.g. out of file descriptors: wait for sessions to end
+                print(f"dealer: cannot accept a booking ({one_line(error)})", flush=True)
+                time.sleep(1.0)
                 continue
             thread = threading.Thread(target=self.book, args=(conn, peer), daemon=True)
             thread.start()
