@@ -1,0 +1,411 @@
+"""Reproduce AERO end to end at one token budget: train every variant, analyze attention entropy,
+measure secure inference of each trained model, cost the paper's exact shapes, write the tables.
+
+    python bench/reproduce.py --budget small     # 2 CPU cores (sizes in BUDGETS, README)
+    python bench/reproduce.py --budget paper     # the GPT-2-small recipe (needs an accelerator)
+
+Stages, each resumable (a variant whose record exists is skipped; records are written atomically):
+  train     every variant, same seed and token budget (`models.train`); divergence recorded
+  entropy   per-head entropies, the four-bin head distribution (`models.analyze`)
+  mpc       bytes, rounds, seconds of one secure query per trained model, stock and optimized
+            protocol (`bench/run.py`, real server, client and dealer processes)
+  accuracy  MPC vs plaintext logits, top-1 agreement, PPL under MPC (`mpc.accuracy`)
+  shapes    the paper's exact shapes (12L T=128 / 256, 18L T=128, random weights): exact bytes
+            and rounds from `mpc.costmodel` (equal to measurements, tests prove it) beside the
+            committed measurements; `--measure-paper-shapes` measures them too (hours on 2 cores)
+  table     Table-4-layout CSV and markdown, findings with the paper's numbers, figures
+Checkpoints and per-variant records go to --work (default runs/reproduce-BUDGET, not committed);
+the curated CSV, markdown and PNG files to --out (default results/reproduce-BUDGET).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from bench.environment import environment_record
+from models.atomic import atomic_write_json, atomic_write_text
+from models.checkpoint import git_revision, load_checkpoint
+from models.cli import UserError, run_main
+from models.config import VARIANTS, expand_arch_names
+
+STAGES = ("train", "entropy", "mpc", "accuracy", "shapes", "table")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Everything one reproduction run is sized by; saved as budget.json with the results."""
+
+    preset: str
+    steps: int
+    batch_size: int
+    variants: tuple[str, ...]
+    eval_interval: int
+    eval_batches: int
+    max_files: int | None = None  # corpus slice (None: the whole corpus)
+    entropy_batches: int = 8
+    entropy_batch_size: int = 8
+    cost_seq_len: int | None = None  # T of the per-model MPC cost (None: the context)
+    protocols: tuple[str, ...] = ("stock", "optimized")
+    accuracy_prompts: int = 2
+    accuracy_length: int | None = 64
+    accuracy_protocols: tuple[str, ...] = ("optimized",)
+    measure_paper_shapes: bool = False
+    timeout_s: float = 1800.0
+
+    def token_budget(self, seq_len: int) -> int:
+        return self.steps * self.batch_size * seq_len
+
+
+BUDGETS: dict[str, Budget] = {
+    # The test's budget: two variants, a few steps, a slice of the corpus, one profile.
+    "tiny": Budget(
+        preset="tiny",
+        steps=12,
+        batch_size=8,
+        variants=("SM+LN+G", "EReg(SM(t)+ScFuFFN)"),
+        eval_interval=12,
+        eval_batches=2,
+        max_files=60,
+        entropy_batches=2,
+        entropy_batch_size=4,
+        cost_seq_len=8,
+        protocols=("optimized",),
+        accuracy_prompts=1,
+        accuracy_length=8,
+        timeout_s=600.0,
+    ),
+    # 2 CPU cores: 4 layers, 4 heads, width 128, T = 128, 4096-token BPE; 120 steps of 16
+    # sequences = 245,760 tokens per variant. MPC cost at T = 64 (both profiles), accuracy on
+    # 2 validation windows of 32 tokens under the optimized profile.
+    "small": Budget(
+        preset="small",
+        steps=120,
+        batch_size=16,
+        variants=tuple(VARIANTS),
+        eval_interval=60,
+        eval_batches=10,
+        cost_seq_len=64,
+        accuracy_prompts=2,
+        accuracy_length=32,
+    ),
+    # The paper's recipe: GPT-2 small at T = 128, 512 sequences x 32,000 steps = 2.1 B tokens.
+    "paper": Budget(
+        preset="gpt2",
+        steps=32_000,
+        batch_size=512,
+        variants=tuple(VARIANTS),
+        eval_interval=2000,
+        eval_batches=50,
+        accuracy_prompts=8,
+        accuracy_length=128,
+        accuracy_protocols=("stock", "optimized"),
+        measure_paper_shapes=True,
+        timeout_s=7200.0,
+    ),
+}
+
+
+def slug(arch: str) -> str:
+    """A file-name form of a variant name: 'EReg(SM(t)+ScFuFFN)' -> 'ereg-sm-t-scfuffn'."""
+    return re.sub(r"[^a-z0-9]+", "-", arch.lower()).strip("-")
+
+
+@dataclass
+class Run:
+    """One reproduction: its budget, seed, folders and the variants it covers."""
+
+    name: str
+    budget: Budget
+    seed: int
+    out: Path
+    work: Path
+    data_dir: str
+    corpus: str | None
+    variants: list[str]
+
+    def checkpoint(self, arch: str) -> Path:
+        return self.work / "checkpoints" / f"{slug(arch)}.pt"
+
+    def record(self, stage: str, arch: str, suffix: str = ".json") -> Path:
+        return self.work / stage / f"{slug(arch)}{suffix}"
+
+
+# ---------------------------------------------------------------- stages
+
+
+def train_variant(run: Run, arch: str) -> dict:
+    """Train one variant (or finish an interrupted run) and return its training record."""
+    from models.train import main as train_main
+
+    path, budget = run.checkpoint(arch), run.budget
+    done = path.exists() and _finished(load_checkpoint(path).meta, budget.steps)
+    if not done:
+        argv = ["--arch", arch, "--preset", budget.preset, "--steps", str(budget.steps)]
+        argv += ["--batch-size", str(budget.batch_size), "--seed", str(run.seed)]
+        argv += ["--eval-interval", str(budget.eval_interval)]
+        argv += ["--eval-batches", str(budget.eval_batches), "--data-dir", run.data_dir]
+        argv += ["--out", str(path), "--resume"]
+        argv += ["--max-files", str(budget.max_files)] if budget.max_files else []
+        argv += ["--corpus", run.corpus] if run.corpus else []
+        code = train_main(argv)
+        if code not in (0, 3):  # 3: diverged, a result like any other
+            raise UserError(f"training {arch} failed with exit code {code}")
+    checkpoint = load_checkpoint(path)
+    return training_record(arch, checkpoint, run)
+
+
+def _finished(meta: dict, steps: int) -> bool:
+    return meta.get("status") == "diverged" or (
+        meta.get("status") == "finished" and meta.get("step", 0) >= steps
+    )
+
+
+def training_record(arch: str, checkpoint, run: Run) -> dict:
+    meta, cfg = checkpoint.meta, checkpoint.config
+    diverged = meta["status"] == "diverged"
+    params = sum(t.numel() for k, t in checkpoint.model_state.items() if "entropy_reg" not in k)
+    return {
+        "arch": arch,
+        "preset": run.budget.preset,
+        "seed": run.seed,
+        "status": meta["status"],
+        "steps": meta["step"],
+        "batch_size": run.budget.batch_size,
+        "seq_len": meta["seq_len"],
+        "token_budget": run.budget.token_budget(meta["seq_len"]),
+        "tokens_seen": meta["tokens_seen"],
+        "n_layer": cfg.n_layer,
+        "n_embd": cfg.n_embd,
+        "params": params,
+        "eval_loss": math.nan if diverged else meta.get("eval_loss", math.nan),
+        "eval_ppl": math.nan if diverged else meta.get("eval_ppl", math.nan),
+        "last_eval_ppl_before_divergence": meta.get("eval_ppl", math.nan) if diverged else math.nan,
+        "diverged_at_step": meta.get("diverged_at_step", math.nan),
+        "train_seconds": meta.get("train_seconds", math.nan),
+        "tokens_per_second": meta.get("tokens_per_second", math.nan),
+        "git_revision": meta.get("git_revision", "unknown"),
+    }
+
+
+def analyze_variant(run: Run, arch: str) -> dict:
+    from models.analyze import analyze_checkpoint
+
+    folder = run.record("entropy", arch, "")
+    analyze_checkpoint(
+        str(run.checkpoint(arch)),
+        folder,
+        run.data_dir,
+        run.budget.entropy_batches,
+        run.budget.entropy_batch_size,
+    )
+    return {"folder": str(folder)}
+
+
+def measure_variant(run: Run, arch: str) -> dict:
+    """One secure query per protocol profile on the trained weights (bench/run.py's machinery)."""
+    from bench.run import main as bench_main
+
+    folder = run.record("mpc", arch, "")
+    shutil.rmtree(folder, ignore_errors=True)  # an interrupted measurement starts over
+    argv = ["--checkpoint", str(run.checkpoint(arch)), "--preset", run.budget.preset]
+    argv += ["--protocol", *run.budget.protocols, "--out", str(folder), "--no-plots"]
+    argv += ["--timeout", str(run.budget.timeout_s)]
+    argv += ["--seq-len", str(run.budget.cost_seq_len)] if run.budget.cost_seq_len else []
+    if bench_main(argv) != 0:
+        raise UserError(f"the MPC benchmark of {arch} failed")
+    return {"results": str(folder / "results.csv")}
+
+
+def accuracy_of_variant(run: Run, arch: str) -> dict:
+    from mpc.accuracy import accuracy_report
+
+    reports = []
+    for profile in run.budget.accuracy_protocols:
+        report = accuracy_report(
+            str(run.checkpoint(arch)),
+            run.budget.accuracy_prompts,
+            run.budget.accuracy_length,
+            run.data_dir,
+            server_args=("--protocol", profile),
+        )
+        reports.append({"protocol": profile, **report})
+    return {"reports": reports}
+
+
+PER_VARIANT = {
+    "train": train_variant,
+    "entropy": analyze_variant,
+    "mpc": measure_variant,
+    "accuracy": accuracy_of_variant,
+}
+
+
+def run_stage(run: Run, stage: str, failures: list[str]) -> None:
+    """One per-variant stage over every variant, skipping those already recorded. A failure is
+    recorded and reported at the end; the other variants go on."""
+    for arch in run.variants:
+        done = run.record(stage, arch)
+        if done.exists():
+            continue
+        if stage != "train" and not _usable(run, arch):
+            print(f"[{stage}] {arch}: skipped (no finite trained weights)", flush=True)
+            continue
+        started = time.perf_counter()
+        print(f"[{stage}] {arch} ...", flush=True)
+        try:
+            record = PER_VARIANT[stage](run, arch)
+        except Exception as error:  # one variant's failure must not lose the others' hours
+            failures.append(f"{stage} {arch}: {type(error).__name__}: {error}")
+            print(f"[{stage}] {arch}: FAILED: {error}", flush=True)
+            continue
+        record["stage_seconds"] = time.perf_counter() - started
+        atomic_write_json(done, record)
+        print(f"[{stage}] {arch}: done in {record['stage_seconds']:.0f} s", flush=True)
+
+
+def _usable(run: Run, arch: str) -> bool:
+    """Trained weights exist and are finite (a diverged run keeps its last finite step)."""
+    path = run.checkpoint(arch)
+    if not path.exists() or not run.record("train", arch).exists():
+        return False
+    state = load_checkpoint(path).model_state
+    return all(bool(t.isfinite().all()) for t in state.values() if t.is_floating_point())
+
+
+# ---------------------------------------------------------------- collection
+
+
+def collect(run: Run) -> dict[str, pd.DataFrame]:
+    """The per-variant records of every stage as tidy frames (absent stages give empty frames)."""
+    training = [_read_json(run.record("train", a)) for a in run.variants]
+    frames = {"training": pd.DataFrame([r for r in training if r])}
+    heads, distribution = [], []
+    for arch in run.variants:
+        folder = run.record("entropy", arch, "")
+        if run.record("entropy", arch).exists():
+            heads.append(pd.read_csv(folder / "entropy_heads.csv"))
+            distribution.append(pd.read_csv(folder / "entropy_distribution.csv"))
+    frames["entropy_heads"] = pd.concat(heads, ignore_index=True) if heads else pd.DataFrame()
+    frames["entropy_distribution"] = (
+        pd.concat(distribution, ignore_index=True) if distribution else pd.DataFrame()
+    )
+    mpc = [
+        pd.read_csv(run.record("mpc", a, "") / "results.csv")
+        for a in run.variants
+        if run.record("mpc", a).exists()
+    ]
+    frames["mpc_results"] = pd.concat(mpc, ignore_index=True) if mpc else pd.DataFrame()
+    accuracy = [
+        report
+        for arch in run.variants
+        for report in (_read_json(run.record("accuracy", arch)) or {}).get("reports", [])
+    ]
+    frames["accuracy"] = pd.DataFrame(accuracy)
+    return frames
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def write_outputs(run: Run, frames: dict[str, pd.DataFrame], shapes: pd.DataFrame) -> None:
+    from bench.reproduce_figures import draw_figures
+    from bench.reproduce_table import assemble
+
+    run.out.mkdir(parents=True, exist_ok=True)
+    tables = assemble(frames, shapes, run.name)
+    for name, frame in {**frames, **tables.frames}.items():
+        if not frame.empty:
+            atomic_write_text(run.out / f"{name}.csv", frame.to_csv(index=False))
+    for name, text in tables.markdown.items():
+        atomic_write_text(run.out / f"{name}.md", text)
+    draw_figures(frames, tables.frames, run.out)
+
+
+# ---------------------------------------------------------------- command line
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python bench/reproduce.py", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--budget", choices=tuple(BUDGETS), default="small")
+    parser.add_argument("--out", help="curated results (default results/reproduce-BUDGET)")
+    parser.add_argument("--work", help="checkpoints and records (default runs/reproduce-BUDGET)")
+    parser.add_argument("--seed", type=int, default=1337, help="training seed of every variant")
+    parser.add_argument("--variants", nargs="+", help="a subset (default: the budget's)")
+    parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
+    parser.add_argument("--data-dir", default="data", help="cache for tokenized corpora")
+    parser.add_argument("--corpus", help="folder or .jsonl(.gz) (default: Python stdlib)")
+    parser.add_argument(
+        "--measure-paper-shapes",
+        action="store_true",
+        help="also measure the paper's shapes with real parties (default: the budget's choice)",
+    )
+    return parser.parse_args(argv)
+
+
+def make_run(args: argparse.Namespace) -> Run:
+    budget = BUDGETS[args.budget]
+    if args.measure_paper_shapes:
+        budget = Budget(**{**asdict(budget), "measure_paper_shapes": True})
+    variants = expand_arch_names(args.variants) if args.variants else list(budget.variants)
+    return Run(
+        name=args.budget,
+        budget=budget,
+        seed=args.seed,
+        out=Path(args.out or f"results/reproduce-{args.budget}"),
+        work=Path(args.work or f"runs/reproduce-{args.budget}"),
+        data_dir=args.data_dir,
+        corpus=args.corpus,
+        variants=variants,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    from bench.reproduce_shapes import paper_shapes
+
+    args = parse_args(argv)
+    run = make_run(args)
+    run.work.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    setting = {"budget": run.name, **asdict(run.budget), "seed": run.seed}
+    setting |= {"variants": run.variants, "corpus": run.corpus or "python stdlib"}
+    atomic_write_json(run.work / "budget.json", setting)
+    print(f"reproduction '{run.name}': {len(run.variants)} variants -> {run.out}", flush=True)
+    failures: list[str] = []
+    for stage in ("train", "entropy", "mpc", "accuracy"):
+        if stage in args.stages:
+            run_stage(run, stage, failures)
+    shapes_csv = run.work / "paper_shapes.csv"
+    if "shapes" in args.stages and not shapes_csv.exists():
+        shapes = paper_shapes(run.budget.measure_paper_shapes, run.work / "paper-shapes")
+        atomic_write_text(shapes_csv, shapes.to_csv(index=False))
+    if "table" in args.stages:
+        shapes = pd.read_csv(shapes_csv) if shapes_csv.exists() else pd.DataFrame()
+        write_outputs(run, collect(run), shapes)
+        setting |= {"git_revision": git_revision(), "env": environment_record(1)}
+        setting["driver_seconds_this_call"] = round(time.perf_counter() - started, 1)
+        atomic_write_json(run.out / "budget.json", setting)
+    for line in failures:
+        print(f"FAILED: {line}", file=sys.stderr)
+    print(f"reproduction '{run.name}' done in {time.perf_counter() - started:.0f} s", flush=True)
+    return 1 if failures else 0
+
+
+def cli() -> None:
+    sys.exit(run_main(main))
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,107 @@
+"""Figures of the reproduction, drawn from its CSV frames only: entropy heatmaps (the paper's
+Figure 3 shape), head-entropy distributions beside the paper's (Figure 4 shape), perplexity per
+variant, and the benchmark's per-operation figures of the trained models (Figure 1 shape)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from models.entropy import BIN_LABELS
+
+BIN_COLOURS = ("#d62728", "#ff9896", "#98df8a", "#1f77b4")
+
+
+def _figure(width: float, height: float, rows: int = 1, cols: int = 1):
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(rows, cols, squeeze=False).ravel()
+
+
+def entropy_heatmaps(heads: pd.DataFrame, out: Path) -> Path:
+    """One layer x head heatmap per variant, one colour scale (nats) for all."""
+    archs = list(dict.fromkeys(heads.arch))
+    cols = min(5, len(archs))
+    rows = math.ceil(len(archs) / cols)
+    fig, axes = _figure(2.6 * cols + 1, 2.2 * rows + 0.6, rows, cols)
+    top = float(heads.entropy_nats.max())
+    image = None
+    for ax, arch in zip(axes, archs, strict=False):
+        grid = heads[heads.arch == arch].pivot(index="layer", columns="head", values="entropy_nats")
+        image = ax.imshow(grid.values, cmap="viridis", vmin=0, vmax=top, aspect="auto")
+        ax.set_title(arch, fontsize=9)
+        ax.set_xticks(range(grid.shape[1]))
+        ax.set_yticks(range(grid.shape[0]))
+        ax.set_xlabel("head", fontsize=8)
+        ax.set_ylabel("layer", fontsize=8)
+    for ax in axes[len(archs) :]:
+        ax.set_visible(False)
+    if image is not None:
+        fig.colorbar(image, ax=list(axes[: len(archs)]), label="attention entropy (nats)")
+    fig.suptitle("Per-head attention entropy (mean over queries), validation windows")
+    path = out / "entropy_heatmaps.png"
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def head_distribution_chart(distribution: pd.DataFrame, out: Path) -> Path:
+    """Stacked bars of the four entropy bins per variant; the paper's beside where published."""
+    bars = []
+    for arch, part in distribution.groupby("arch", sort=False):
+        bars.append((arch, part.fraction_of_heads.tolist()))
+        paper = part.paper_fraction_of_heads
+        if paper.notna().all():
+            bars.append((f"{arch} (paper)", paper.tolist()))
+    fig, (ax,) = _figure(7.5, 0.32 * len(bars) + 1.6)
+    labels = [label for label, _ in bars]
+    left = [0.0] * len(bars)
+    for index, (name, colour) in enumerate(zip(BIN_LABELS, BIN_COLOURS, strict=True)):
+        widths = [100 * fractions[index] for _, fractions in bars]
+        ax.barh(labels, widths, left=left, color=colour, label=name)
+        left = [a + b for a, b in zip(left, widths, strict=True)]
+    ax.invert_yaxis()
+    ax.set_xlabel("% of heads (bins of [0, m], m = the model's largest head entropy)")
+    ax.set_xlim(0, 100)
+    ax.legend(ncols=4, fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0))
+    path = out / "head_distribution.png"
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def perplexity_chart(table4: pd.DataFrame, out: Path) -> Path:
+    """Validation PPL per variant (diverged runs marked), the paper's 12L value beside."""
+    table = table4.drop_duplicates("arch")
+    fig, (ax,) = _figure(8, 3.6)
+    x = range(len(table))
+    ours = table.eval_ppl.fillna(0)
+    ax.bar([i - 0.2 for i in x], ours, width=0.4, label="this run", color="#4c72b0")
+    ax.bar([i + 0.2 for i in x], table.paper_ppl.fillna(0), width=0.4, label="paper (12L)",
+           color="#dd8452")  # fmt: skip
+    for i, status in zip(x, table.status, strict=True):
+        if status == "diverged":
+            ax.text(i - 0.2, 0.1, "diverged", rotation=90, ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(list(x), table.arch, rotation=40, ha="right", fontsize=8)
+    ax.set_ylabel("validation perplexity")
+    ax.legend(fontsize=8)
+    path = out / "perplexity.png"
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def draw_figures(frames: dict, tables: dict, out: Path) -> list[Path]:
+    paths = []
+    if not frames["entropy_heads"].empty:
+        paths.append(entropy_heatmaps(frames["entropy_heads"], out))
+    if not tables["head_distribution"].empty:
+        paths.append(head_distribution_chart(tables["head_distribution"], out))
+    if not tables["table4"].empty:
+        paths.append(perplexity_chart(tables["table4"], out))
+    if not frames["mpc_results"].empty:
+        from bench.figures import draw_all
+
+        paths += draw_all(frames["mpc_results"], out / "plots")
+    return paths
