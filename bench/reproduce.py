@@ -33,86 +33,13 @@ from pathlib import Path
 import pandas as pd
 
 from bench.environment import environment_record
+from bench.reproduce_budgets import BUDGETS, Budget
 from models.atomic import atomic_write_json, atomic_write_text
 from models.checkpoint import git_revision, load_checkpoint
 from models.cli import UserError, run_main
-from models.config import VARIANTS, expand_arch_names
+from models.config import expand_arch_names
 
 STAGES = ("train", "entropy", "mpc", "accuracy", "shapes", "table")
-
-
-@dataclass(frozen=True)
-class Budget:
-    """Everything one reproduction run is sized by; saved as budget.json with the results."""
-
-    preset: str
-    steps: int
-    batch_size: int
-    variants: tuple[str, ...]
-    eval_interval: int
-    eval_batches: int
-    max_files: int | None = None  # corpus slice (None: the whole corpus)
-    entropy_batches: int = 8
-    entropy_batch_size: int = 8
-    cost_seq_len: int | None = None  # T of the per-model MPC cost (None: the context)
-    protocols: tuple[str, ...] = ("stock", "optimized")
-    accuracy_prompts: int = 2
-    accuracy_length: int | None = 64
-    accuracy_protocols: tuple[str, ...] = ("optimized",)
-    measure_paper_shapes: bool = False
-    timeout_s: float = 1800.0
-
-    def token_budget(self, seq_len: int) -> int:
-        return self.steps * self.batch_size * seq_len
-
-
-BUDGETS: dict[str, Budget] = {
-    # The test's budget: two variants, a few steps, a slice of the corpus, one profile.
-    "tiny": Budget(
-        preset="tiny",
-        steps=12,
-        batch_size=8,
-        variants=("SM+LN+G", "EReg(SM(t)+ScFuFFN)"),
-        eval_interval=12,
-        eval_batches=2,
-        max_files=60,
-        entropy_batches=2,
-        entropy_batch_size=4,
-        cost_seq_len=8,
-        protocols=("optimized",),
-        accuracy_prompts=1,
-        accuracy_length=8,
-        timeout_s=600.0,
-    ),
-    # 2 CPU cores: 4 layers, 4 heads, width 128, T = 128, 4096-token BPE; 120 steps of 16
-    # sequences = 245,760 tokens per variant. MPC cost at T = 64 (both profiles), accuracy on
-    # 2 validation windows of 32 tokens under the optimized profile.
-    "small": Budget(
-        preset="small",
-        steps=120,
-        batch_size=16,
-        variants=tuple(VARIANTS),
-        eval_interval=60,
-        eval_batches=10,
-        cost_seq_len=64,
-        accuracy_prompts=2,
-        accuracy_length=32,
-    ),
-    # The paper's recipe: GPT-2 small at T = 128, 512 sequences x 32,000 steps = 2.1 B tokens.
-    "paper": Budget(
-        preset="gpt2",
-        steps=32_000,
-        batch_size=512,
-        variants=tuple(VARIANTS),
-        eval_interval=2000,
-        eval_batches=50,
-        accuracy_prompts=8,
-        accuracy_length=128,
-        accuracy_protocols=("stock", "optimized"),
-        measure_paper_shapes=True,
-        timeout_s=7200.0,
-    ),
-}
 
 
 def slug(arch: str) -> str:
@@ -332,6 +259,21 @@ def write_outputs(run: Run, frames: dict[str, pd.DataFrame], shapes: pd.DataFram
     draw_figures(frames, tables.frames, run.out)
 
 
+def write_noise(out: Path, others: list[str]) -> None:
+    from bench.reproduce_table import noise_markdown, noise_table
+
+    mine = pd.read_csv(out / "table4.csv")
+    parts = []
+    for entry in others:
+        label, sep, folder = entry.partition("=")
+        if not sep:
+            raise UserError(f"--noise-against {entry!r}: expected LABEL=DIR")
+        parts.append(noise_table(mine, pd.read_csv(Path(folder) / "table4.csv"), label))
+    noise = pd.concat(parts, ignore_index=True)
+    atomic_write_text(out / "noise.csv", noise.to_csv(index=False))
+    atomic_write_text(out / "noise.md", noise_markdown(noise))
+
+
 # ---------------------------------------------------------------- command line
 
 
@@ -347,6 +289,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
     parser.add_argument("--data-dir", default="data", help="cache for tokenized corpora")
     parser.add_argument("--corpus", help="folder or .jsonl(.gz) (default: Python stdlib)")
+    parser.add_argument(
+        "--noise-against",
+        nargs="+",
+        metavar="LABEL=DIR",
+        default=[],
+        help="compare this run's table4.csv with other runs' (noise.csv, noise.md in --out)",
+    )
     parser.add_argument(
         "--measure-paper-shapes",
         action="store_true",
@@ -397,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
         setting |= {"git_revision": git_revision(), "env": environment_record(1)}
         setting["driver_seconds_this_call"] = round(time.perf_counter() - started, 1)
         atomic_write_json(run.out / "budget.json", setting)
+    if args.noise_against:
+        write_noise(run.out, args.noise_against)
     for line in failures:
         print(f"FAILED: {line}", file=sys.stderr)
     print(f"reproduction '{run.name}' done in {time.perf_counter() - started:.0f} s", flush=True)

@@ -36,7 +36,10 @@ SHAPE_VARIANTS = (
 PROTOCOLS = ("stock", "optimized")
 DEALER = "ttp"
 REPO = Path(__file__).resolve().parents[1]
-COMMITTED_MEASUREMENTS = ("results/gpt2-t128-crypten-ttp/results.csv",)  # relative to REPO
+COMMITTED_MEASUREMENTS = (  # relative to REPO; those present are read
+    "results/gpt2-t128-crypten-ttp/results.csv",
+    "results/gpt2-t128-protocols/results.csv",
+)
 GROUP_COLUMNS = {  # display group of bench.report -> column of this table
     "Softmax": "softmax_gb",
     "GELU": "gelu_gb",

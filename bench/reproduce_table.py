@@ -262,3 +262,36 @@ def assemble(frames: dict[str, pd.DataFrame], shapes: pd.DataFrame, name: str) -
     tables.markdown["paper_shapes"] = shapes_markdown(tables.frames["paper_shapes"])
     tables.markdown["findings"] = findings_markdown(tables.frames["findings"])
     return tables
+
+
+NOISE_METRICS = ("eval_ppl", "ppl_mpc", "top1_agreement", "comm_gb", "rounds", "measured_s")
+
+
+def noise_table(first: pd.DataFrame, second: pd.DataFrame, label: str) -> pd.DataFrame:
+    """Run-to-run differences between two runs' table4.csv rows (same variants and protocols):
+    one row per (arch, protocol, metric) with both values and the relative difference."""
+    key = ["arch", "protocol"]
+    joined = first.merge(second, on=key, suffixes=("_first", "_second"))
+    rows = []
+    for entry in joined.to_dict("records"):
+        for metric in NOISE_METRICS:
+            a, b = entry[f"{metric}_first"], entry[f"{metric}_second"]
+            rows.append(
+                {"arch": entry["arch"], "protocol": entry["protocol"], "metric": metric,
+                 "first": a, "second": b, "relative_difference": (b - a) / a if a else math.nan,
+                 "comparison": label}
+            )  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def noise_markdown(noise: pd.DataFrame) -> str:
+    """The largest |relative difference| per metric and comparison, over variants."""
+    noise = noise.assign(magnitude=noise.relative_difference.abs())
+    grouped = noise.dropna(subset=["magnitude"]).groupby(["comparison", "metric"])
+    worst = noise.loc[grouped.magnitude.idxmax()]
+    columns = [("metric", "metric", str), ("largest relative difference (abs.)", "magnitude", PCT),
+               ("where", "arch", str), ("protocol", "protocol", str)]  # fmt: skip
+    return "\n".join(
+        ["# Run-to-run noise (all rows: noise.csv)", "",
+         rows_markdown(worst, columns, ["comparison"], numeric_from=99), ""]
+    )  # fmt: skip

@@ -1,0 +1,86 @@
+"""The reproduction's budgets: model size, tokens, and how much secure inference each measures.
+
+`tiny` is the test's; `small` fits 2 CPU cores; `paper` is the paper's GPT-2-small recipe
+(12 layers, width 768, T = 128, 2.1 B tokens), for a machine with an accelerator. `models.train`
+trains on the CPU today: the paper budget needs a device option there before it is practical.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from models.config import VARIANTS
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Everything one reproduction run is sized by; saved as budget.json with the results."""
+
+    preset: str
+    steps: int
+    batch_size: int
+    variants: tuple[str, ...]
+    eval_interval: int
+    eval_batches: int
+    max_files: int | None = None  # corpus slice (None: the whole corpus)
+    entropy_batches: int = 8
+    entropy_batch_size: int = 8
+    cost_seq_len: int | None = None  # T of the per-model MPC cost (None: the context)
+    protocols: tuple[str, ...] = ("stock", "optimized")
+    accuracy_prompts: int = 2
+    accuracy_length: int | None = 64
+    accuracy_protocols: tuple[str, ...] = ("optimized",)
+    measure_paper_shapes: bool = False
+    timeout_s: float = 1800.0
+
+    def token_budget(self, seq_len: int) -> int:
+        return self.steps * self.batch_size * seq_len
+
+
+BUDGETS: dict[str, Budget] = {
+    # The test's budget: two variants, a few steps, a slice of the corpus, one profile.
+    "tiny": Budget(
+        preset="tiny",
+        steps=12,
+        batch_size=8,
+        variants=("SM+LN+G", "EReg(SM(t)+ScFuFFN)"),
+        eval_interval=12,
+        eval_batches=2,
+        max_files=60,
+        entropy_batches=2,
+        entropy_batch_size=4,
+        cost_seq_len=8,
+        protocols=("optimized",),
+        accuracy_prompts=1,
+        accuracy_length=8,
+        timeout_s=600.0,
+    ),
+    # 2 CPU cores: 4 layers, 4 heads, width 128, T = 128, 4096-token BPE; 120 steps of 16
+    # sequences = 245,760 tokens per variant. MPC cost at T = 64 (both profiles), accuracy on
+    # 2 validation windows of 32 tokens under the optimized profile.
+    "small": Budget(
+        preset="small",
+        steps=120,
+        batch_size=16,
+        variants=tuple(VARIANTS),
+        eval_interval=60,
+        eval_batches=10,
+        cost_seq_len=64,
+        accuracy_prompts=2,
+        accuracy_length=32,
+    ),
+    # The paper's recipe: GPT-2 small at T = 128, 512 sequences x 32,000 steps = 2.1 B tokens.
+    "paper": Budget(
+        preset="gpt2",
+        steps=32_000,
+        batch_size=512,
+        variants=tuple(VARIANTS),
+        eval_interval=2000,
+        eval_batches=50,
+        accuracy_prompts=8,
+        accuracy_length=128,
+        accuracy_protocols=("stock", "optimized"),
+        measure_paper_shapes=True,
+        timeout_s=7200.0,
+    ),
+}
