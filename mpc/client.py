@@ -146,7 +146,8 @@ def query(args: argparse.Namespace) -> dict:
                 "all_positions": args.all_positions,
             },
         )
-        accept = recv_message(sock, args.timeout, expect="accept")
+        # The server may first spend one timeout reaching its dealer: wait for its clear answer.
+        accept = recv_message(sock, 2 * args.timeout, expect="accept")
     spec = SessionSpec(
         args.host,
         mpc_port_of(accept),
@@ -202,7 +203,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--timeout",
         type=float,
         default=60.0,
-        help="seconds any wait may last (connect, handshake, rendezvous, each collective)",
+        help="seconds any wait may last (connect, handshake, rendezvous, each collective; "
+        "twice that for the answer to a request, which includes the server's dealer booking)",
     )
     parser.add_argument("--expect-fingerprint", help="refuse a server whose model differs")
     parser.add_argument("--expect-arch", help="refuse a server serving another architecture")
