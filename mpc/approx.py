@@ -166,14 +166,16 @@ def parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
-def add_approx_arguments(parser: argparse.ArgumentParser) -> None:
+def add_approx_arguments(parser: argparse.ArgumentParser, many_protocols: bool = False) -> None:
     """One flag per field (`--gelu-form`, `--sqrt-iterations`, ...); unset flags keep defaults.
-    `--protocol stock|optimized` sets the protocol knobs first; single flags override them."""
+    `--protocol stock|optimized` sets the protocol knobs first; single flags override them
+    (`many_protocols`: the benchmark takes several profiles and measures each)."""
     group = parser.add_argument_group("approximations and protocol (mpc.approx.ApproxConfig)")
     group.add_argument(
         "--protocol",
         choices=list(PROTOCOL_PROFILES),
-        help="protocol profile (default: stock, CrypTen as shipped)",
+        nargs="+" if many_protocols else None,
+        help="protocol profile(s) (default: stock, CrypTen as shipped)",
     )
     for field in dataclasses.fields(ApproxConfig):
         kind = type(field.default)
@@ -185,12 +187,14 @@ def add_approx_arguments(parser: argparse.ArgumentParser) -> None:
         )
 
 
-def approx_from_arguments(args: argparse.Namespace) -> ApproxConfig:
-    """The config the flags of `add_approx_arguments` describe (defaults for unset ones)."""
+def approx_from_arguments(args: argparse.Namespace, profile: str | None = None) -> ApproxConfig:
+    """The config the flags of `add_approx_arguments` describe (defaults for unset ones), under
+    protocol `profile` (default: the one `--protocol` names)."""
     names = [field.name for field in dataclasses.fields(ApproxConfig)]
     given = {name: getattr(args, name, None) for name in names}
     approx = ApproxConfig(**{name: value for name, value in given.items() if value is not None})
-    profile = getattr(args, "protocol", None)
+    if profile is None and isinstance(getattr(args, "protocol", None), str):
+        profile = args.protocol
     if profile is None:
         return approx
     knobs = {k: v for k, v in PROTOCOL_PROFILES[profile].items() if given.get(k) is None}
