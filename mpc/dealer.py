@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import socket
 import sys
 import threading
@@ -35,6 +36,7 @@ from mpc.protocol import (
     send_message,
     short_repr,
 )
+from mpc.weight_masks import sweep_mask_stores
 
 DEFAULT_MAX_CONCURRENT = 8  # one dealer may serve several servers
 ACCEPT_POLL_S = 0.2  # how often the accept loop looks whether --max-sessions is reached
@@ -152,7 +154,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.max_concurrent < 1 or not args.timeout > 0:
         parser.error("--max-concurrent must be at least 1 and --timeout positive")
-    return Dealer(args).serve()
+    sweep_mask_stores()  # weight masks left by dealers that died
+    try:
+        return Dealer(args).serve()
+    finally:
+        sweep_mask_stores(own_pid=os.getpid())
 
 
 def cli() -> None:

@@ -25,6 +25,7 @@ itself and sees everything anyway (labelled INSECURE).
 from __future__ import annotations
 
 import hashlib
+import os
 import secrets
 import shutil
 import tempfile
@@ -191,6 +192,34 @@ class WeightMasks:
         return {"bytes": sent, "wall_s": time.perf_counter() - start}
 
 
+def mask_stores_root() -> Path:
+    return Path(tempfile.gettempdir()) / "aero-pi-dealer-masks"
+
+
+def sweep_mask_stores(own_pid: int | None = None) -> None:
+    """Remove the mask folders of dealers no longer running (and `own_pid`'s, at its exit):
+    a GPT-2-small model's B is ~1 GB."""
+    root = mask_stores_root()
+    if not root.is_dir():
+        return
+    for folder in root.iterdir():
+        if not folder.name.isdigit():
+            continue
+        pid = int(folder.name)
+        if pid == own_pid or not _running(pid):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class MaskStore:
     """The dealer's copies of the servers' mask shares B, one folder per mask id."""
 
@@ -200,7 +229,7 @@ class MaskStore:
 
     @classmethod
     def default(cls, dealer_pid: int) -> MaskStore:
-        return cls(Path(tempfile.gettempdir()) / "aero-pi-dealer-masks" / str(dealer_pid))
+        return cls(mask_stores_root() / str(dealer_pid))
 
     def folder(self, mask_id: str) -> Path:
         if not (len(mask_id) == 16 and all(ch in "0123456789abcdef" for ch in mask_id)):
