@@ -177,10 +177,10 @@ PER_VARIANT = {
 }
 
 
-def run_stage(run: Run, stage: str, failures: list[str]) -> None:
-    """One per-variant stage over every variant, skipping those already recorded. A failure is
+def run_stage(run: Run, stage: str, failures: list[str], archs: list[str]) -> None:
+    """One per-variant stage over `archs`, skipping those already recorded. A failure is
     recorded and reported at the end; the other variants go on."""
-    for arch in run.variants:
+    for arch in archs:
         done = run.record(stage, arch)
         if done.exists():
             continue
@@ -290,6 +290,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data-dir", default="data", help="cache for tokenized corpora")
     parser.add_argument("--corpus", help="folder or .jsonl(.gz) (default: Python stdlib)")
     parser.add_argument(
+        "--by-variant",
+        action="store_true",
+        help="run every stage of one variant before the next (default: each stage for all)",
+    )
+    parser.add_argument(
         "--noise-against",
         nargs="+",
         metavar="LABEL=DIR",
@@ -333,9 +338,12 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_json(run.work / "budget.json", setting)
     print(f"reproduction '{run.name}': {len(run.variants)} variants -> {run.out}", flush=True)
     failures: list[str] = []
-    for stage in ("train", "entropy", "mpc", "accuracy"):
-        if stage in args.stages:
-            run_stage(run, stage, failures)
+    stages = [s for s in ("train", "entropy", "mpc", "accuracy") if s in args.stages]
+    # --by-variant: every stage of one variant before the next (complete rows if interrupted)
+    batches = [[arch] for arch in run.variants] if args.by_variant else [run.variants]
+    for archs in batches:
+        for stage in stages:
+            run_stage(run, stage, failures, archs)
     shapes_csv = run.work / "paper_shapes.csv"
     if "shapes" in args.stages and not shapes_csv.exists():
         shapes = paper_shapes(run.budget.measure_paper_shapes, run.work / "paper-shapes")

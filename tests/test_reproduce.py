@@ -123,7 +123,8 @@ def test_markdown_numbers_trace_to_csv_rows(tiny_run):
 def test_second_call_redoes_nothing(tiny_run):
     out, work = tiny_run
     done = reproduce(
-        "--out", str(out), "--work", str(work), "--stages", "train", "entropy", "mpc", "accuracy"
+        "--out", str(out), "--work", str(work), "--by-variant",
+        "--stages", "train", "entropy", "mpc", "accuracy",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert "..." not in done.stdout, done.stdout  # no stage started for any variant
