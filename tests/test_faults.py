@@ -25,6 +25,10 @@ from tests.test_soak import RANDOM_TINY, prompt_file, session_processes
 
 TIMEOUT_S = 20
 SLACK_S = 30  # process start-up and teardown on a loaded 2-core machine, on top of the timeout
+# A dealer killed between registering at the rendezvous and gloo's pair connections makes gloo
+# retry each connection (seen: 4 attempts) before the session timeout applies: the survivors
+# then need up to about two timeouts (seen once at load 19 on 2 cores: more than 50 s).
+SURVIVORS_S = 2 * TIMEOUT_S + SLACK_S
 KINDS = ("client", "dealer", "server")
 ROUNDS_DEFAULT, ROUNDS_FULL = 1, 10
 NEW_TOKENS = "2"  # two forward passes: a longer MPC phase for the kill to land in
@@ -60,14 +64,21 @@ def survivors_ended(parties: LocalParties, client: subprocess.Popen) -> bool:
 def fault_round(parties: LocalParties, kind: str, delay: float, folder: Path, name: str) -> str:
     """One query with `kind` killed `delay` seconds after the client started; what happened."""
     client = start_client(parties, folder, name)
-    time.sleep(delay)
-    if kind == "client":
-        os.killpg(client.pid, signal.SIGKILL)
-    else:
-        parties.kill(kind)
-    killed = time.monotonic()
-    wait_for(lambda: survivors_ended(parties, client), TIMEOUT_S + SLACK_S)
-    assert time.monotonic() - killed < TIMEOUT_S + SLACK_S
+    try:
+        time.sleep(delay)
+        if kind == "client":
+            os.killpg(client.pid, signal.SIGKILL)
+        else:
+            parties.kill(kind)
+        killed = time.monotonic()
+        wait_for(lambda: survivors_ended(parties, client), SURVIVORS_S)
+        print(
+            f"faults: {kind} killed after {delay:.1f} s; survivors ended in "
+            f"{time.monotonic() - killed:.1f} s"
+        )
+    finally:
+        if client.poll() is None:  # a failed check must not leave the client running
+            os.killpg(client.pid, signal.SIGKILL)
     stderr = (folder / f"{name}.err").read_text()
     if kind == "client":
         outcome = "killed"
