@@ -13,6 +13,8 @@ import functools
 import os
 import resource
 import secrets
+import sys
+import threading
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -75,6 +77,39 @@ class PartyResult:
     setup: dict[str, float] = field(default_factory=dict)
 
 
+WATCHDOG_GRACE_S = 5.0
+PEER_EXIT_CODE = 2  # what `models.cli.run_main` returns for a PeerError
+
+
+def start_watchdog(seconds: float, doing: str) -> threading.Timer:
+    """gloo retries its pair connections to a peer that vanished mid-rendezvous several times
+    before its own timeout applies (seen: > 2.5x the timeout). A start-up that outlives
+    `seconds` (+ grace) ends this process with one line instead; cancel the timer when done."""
+
+    def expire() -> None:
+        print(
+            f"error: MPC session failed while {doing}: no progress for {seconds:.0f} s "
+            "(the peer went away)",
+            file=sys.stderr,
+            flush=True,
+        )
+        os._exit(PEER_EXIT_CODE)
+
+    timer = threading.Timer(seconds + WATCHDOG_GRACE_S, expire)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+@contextlib.contextmanager
+def watchdog(seconds: float, doing: str):
+    timer = start_watchdog(seconds, doing)
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
 @contextlib.contextmanager
 def distributed_timeout(seconds: float):
     """CrypTen creates its process groups with torch's 30-minute default; every wait of a session
@@ -107,7 +142,11 @@ def start_crypten(spec: SessionSpec, rank: int) -> Any:
     approx = ApproxConfig.from_dict(spec.public.approx)
     apply_to_crypten(approx)
     use_optimized_protocol(approx)
-    with distributed_timeout(spec.timeout_s), translate_peer_errors("starting the MPC session"):
+    with (
+        distributed_timeout(spec.timeout_s),
+        translate_peer_errors("starting the MPC session"),
+        watchdog(spec.timeout_s, "starting the MPC session"),
+    ):
         crypten.init()
     if approx.fast_matmul and spec.dealer == "ttp" and rank == SERVER:
         from crypten.mpc.provider.ttp_provider import TTPClient
@@ -277,4 +316,5 @@ def run_dealer(host: str, port: int, timeout_s: float, threads: int = 1) -> None
     from mpc.ttp_service import serve_dealer_session
 
     with distributed_timeout(timeout_s), translate_peer_errors("dealing"):
-        serve_dealer_session(crypten)  # returns on "terminate"; swallows a peer's failure
+        # returns on "terminate"; swallows a peer's failure; the watchdog covers its start-up
+        serve_dealer_session(crypten, startup=start_watchdog(timeout_s, "starting the dealer"))

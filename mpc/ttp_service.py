@@ -13,6 +13,7 @@ The stock requests behave exactly as CrypTen's unless `configure` asked for the 
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any
 
 import torch
@@ -22,8 +23,11 @@ from mpc.ring_matmul import ring_matmul
 from mpc.weight_masks import MaskStore
 
 
-def serve_dealer_session(crypten: Any, store: MaskStore | None = None) -> None:
-    """Run the TTP request loop until party 0 says "terminate" (CrypTen's TTPServer loop)."""
+def serve_dealer_session(
+    crypten: Any, store: MaskStore | None = None, startup: threading.Timer | None = None
+) -> None:
+    """Run the TTP request loop until party 0 says "terminate" (CrypTen's TTPServer loop);
+    `startup`, a watchdog timer, is cancelled once both parties have their generator seeds."""
     import torch.distributed as dist
     from crypten.mpc.provider.ttp_provider import TTPServer
 
@@ -32,6 +36,11 @@ def serve_dealer_session(crypten: Any, store: MaskStore | None = None) -> None:
             self.fast_matmul = False
             self.store = store or MaskStore.default(os.getppid())
             super().__init__()  # runs the request loop
+
+        def _setup_generators(self) -> None:
+            super()._setup_generators()
+            if startup is not None:
+                startup.cancel()
 
         def configure(self, fast_matmul: bool) -> torch.Tensor:
             self.fast_matmul = bool(fast_matmul)

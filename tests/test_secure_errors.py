@@ -235,3 +235,21 @@ def wait_for(condition, timeout: float) -> None:
             pass
         time.sleep(0.2)
     raise AssertionError("condition not reached in time")
+
+
+def test_start_up_watchdog_ends_a_stuck_party_with_one_line():
+    """gloo may retry connecting to a vanished peer past its own timeout: the party's watchdog
+    ends the process with one line and the peer-error exit code instead."""
+    import subprocess
+    import sys
+    import time
+
+    code = (
+        "import time; from mpc.party import start_watchdog; "
+        "start_watchdog(0.5, 'starting the MPC session'); time.sleep(30)"
+    )
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and "no progress for" in done.stderr
+    assert time.monotonic() - started < 20
