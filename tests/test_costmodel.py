@@ -154,8 +154,7 @@ DEFAULT_SESSIONS = {
     "sm+ln+r-ttp-allpositions": ("sm+ln+r", "ttp", {}, [(6, 1, True)]),
     "aero-ttp-maxfree": ("aero", "ttp", {"softmax_form": "max_free"}, [(11, 1, False)]),
     "sm+scfuffn+prune-tfp-from1": ("sm+scfuffn+prune", "tfp", {}, [(1, 2, False)]),
-    # The optimized profile: masks uploaded in the first query and reused by the second.
-    "baseline-ttp-optimized": ("baseline", "ttp", OPTIMIZED, [(10, 1, False), (7, 2, False)]),
+    # The optimized profile (tests/test_optimized.py covers ttp with a trained baseline).
     "sm+ln+r-tfp-optimized-allpositions": ("sm+ln+r", "tfp", OPTIMIZED, [(6, 1, True)]),
     "aero-ttp-optimized-from1": ("aero", "ttp", OPTIMIZED, [(1, 2, False)]),
 }
@@ -177,6 +176,7 @@ def _slow_cases() -> list:
             for softmax_form in ("stock", "max_free"):
                 approx = {"gelu_form": gelu_form, "softmax_form": softmax_form}
                 cases.append(pytest.param(arch, approx, id=f"{arch}-{gelu_form}-{softmax_form}"))
+        cases.append(pytest.param(arch, OPTIMIZED, id=f"{arch}-optimized"))
     other = {"gelu_form": "tanh", "sigmoid_tanh_method": "chebyshev", "reciprocal_method": "log"}
     cases.append(pytest.param("baseline", other, id="baseline-chebyshev-log"))
     return cases
