@@ -238,6 +238,14 @@ def collect(run: Run) -> dict[str, pd.DataFrame]:
         for report in (_read_json(run.record("accuracy", arch)) or {}).get("reports", [])
     ]
     frames["accuracy"] = pd.DataFrame(accuracy)
+    frames["stage_seconds"] = pd.DataFrame(
+        [
+            {"arch": arch, "stage": stage, "seconds": record["stage_seconds"]}
+            for stage in PER_VARIANT
+            for arch in run.variants
+            if (record := _read_json(run.record(stage, arch)))
+        ]
+    )
     return frames
 
 

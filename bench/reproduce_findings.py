@@ -11,6 +11,10 @@ from bench.reproduce_table import ABLATION, AERO, PAPER_COST, PAPER_HEADS, PAPER
 from models.entropy import BIN_LABELS
 
 LOWEST, HIGHEST = BIN_LABELS[0], BIN_LABELS[-1]
+# Relative PPL changes smaller than this are called "within noise": seed-to-seed differences at
+# the small budget reached 3.7 % (results/reproduce-small/noise.csv).
+PPL_NOISE = 0.04
+ENTROPY_NOISE_NATS = 0.05  # deepest-layer mean entropies closer than this are "equal"
 
 
 def _finding(key, finding, ours_value, paper_value, ours, paper, verdict, source) -> dict:
@@ -92,7 +96,8 @@ def entropy_findings(distribution: pd.DataFrame, heads: pd.DataFrame) -> list[di
             rows.append(
                 _finding(
                     f"{name}_{arch}", f"{arch}: heads in {label} (entropy {name})",
-                    ours, paper_pct / 100, f"{100 * ours:.0f} %", f"{paper_pct} %", "see rows",
+                    ours, paper_pct / 100, f"{100 * ours:.0f} %", f"{paper_pct} %",
+                    "within 10 points" if abs(100 * ours - paper_pct) <= 10 else "differs",
                     "entropy_distribution.csv fraction_of_heads",
                 )
             )  # fmt: skip
@@ -125,14 +130,19 @@ def collapse_by_scaling(distribution: pd.DataFrame, heads: pd.DataFrame) -> list
             continue
         collapse = _bin_fraction(distribution, arch, LOWEST)
         base = _bin_fraction(distribution, "SM", LOWEST)
-        better = mean[arch] > mean["SM"] and collapse <= base
+        if base == 0 and mean[arch] - mean["SM"] < ENTROPY_NOISE_NATS:
+            verdict = "untestable: SM did not collapse"
+        elif mean[arch] - mean["SM"] >= ENTROPY_NOISE_NATS and collapse <= base:
+            verdict = "reproduced"
+        else:
+            verdict = "not reproduced"
         rows.append(
             _finding(
                 f"no_collapse_{arch}", f"{arch} vs SM: deepest-layer mean entropy (nats); "
                 "lowest-bin heads", mean[arch] - mean["SM"], math.nan,
                 f"{mean[arch]:.2f} vs {mean['SM']:.2f} nats; {100 * collapse:.0f} % vs "
                 f"{100 * base:.0f} %", "SM collapses (deep layers 0.03-0.2 nats, 33 % lowest "
-                "bin); scaling prevents it", "reproduced" if better else "not reproduced",
+                "bin); scaling prevents it", verdict,
                 "entropy_heads.csv, entropy_distribution.csv",
             )
         )  # fmt: skip
@@ -158,12 +168,16 @@ def ppl_gains(ppl: dict[str, float]) -> list[dict]:
             continue
         change = ppl[variant] / ppl[reference] - 1
         same_sign = (change < 0) == (paper_change < 0) and not math.isnan(change)
+        if abs(change) < PPL_NOISE:
+            verdict = f"within noise (< {100 * PPL_NOISE:.0f} %)"
+        else:
+            verdict = "same direction" if same_sign else "opposite direction"
         rows.append(
             _finding(
                 key, f"{claim} (relative PPL change)", change, paper_change,
                 f"{ppl[variant]:.3f} vs {ppl[reference]:.3f} ({100 * change:+.1f} %)",
                 f"{100 * paper_change:+.1f} %" + (" (6-8 % better)" if key == "ereg_gain" else ""),
-                "same direction" if same_sign else "opposite direction", "training.csv eval_ppl",
+                verdict, "training.csv eval_ppl",
             )
         )  # fmt: skip
     return rows
