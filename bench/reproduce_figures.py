@@ -73,20 +73,25 @@ def head_distribution_chart(distribution: pd.DataFrame, out: Path) -> Path:
 
 
 def perplexity_chart(table4: pd.DataFrame, out: Path) -> Path:
-    """Validation PPL per variant (diverged runs marked), the paper's 12L value beside."""
+    """Validation PPL per variant, this run beside the paper's 12-layer values (own panels: the
+    scales differ by two orders of magnitude); diverged or unreported values are marked."""
     table = table4.drop_duplicates("arch")
-    fig, (ax,) = _figure(8, 3.6)
-    x = range(len(table))
-    ours = table.eval_ppl.fillna(0)
-    ax.bar([i - 0.2 for i in x], ours, width=0.4, label="this run", color="#4c72b0")
-    ax.bar([i + 0.2 for i in x], table.paper_ppl.fillna(0), width=0.4, label="paper (12L)",
-           color="#dd8452")  # fmt: skip
-    for i, status in zip(x, table.status, strict=True):
-        if status == "diverged":
-            ax.text(i - 0.2, 0.1, "diverged", rotation=90, ha="center", va="bottom", fontsize=8)
-    ax.set_xticks(list(x), table.arch, rotation=40, ha="right", fontsize=8)
-    ax.set_ylabel("validation perplexity")
-    ax.legend(fontsize=8)
+    fig, axes = _figure(11, 3.8, 1, 2)
+    x = list(range(len(table)))
+    for ax, column, title, colour in (
+        (axes[0], "eval_ppl", "this run", "#4c72b0"),
+        (axes[1], "paper_ppl", "paper (GPT-2 12L, 2.1 B tokens)", "#dd8452"),
+    ):
+        values = table[column]
+        ax.bar(x, values.fillna(0), color=colour)
+        for i, value, status in zip(x, values, table.status, strict=True):
+            if pd.isna(value):
+                own = "diverged" if status == "diverged" else "-"
+                label = "NaN / n.r." if column == "paper_ppl" else own
+                ax.text(i, 0, label, rotation=90, ha="center", va="bottom", fontsize=7)
+        ax.set_xticks(x, table.arch, rotation=40, ha="right", fontsize=8)
+        ax.set_title(title, fontsize=9)
+        ax.set_ylabel("validation perplexity")
     path = out / "perplexity.png"
     fig.savefig(path, dpi=110)
     return path
