@@ -8,7 +8,11 @@ it forks (torch state in a forking parent can hang the children).
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -112,11 +116,34 @@ def party_checks(dealer: str) -> dict:
     return report
 
 
+def two_party_reports(provider: str) -> list[dict] | None:
+    """Both parties' reports; run in a fresh interpreter (`reports_in_fresh_process`)."""
+    with crypten.cfg.temp_override({"mpc.provider": provider}):
+        return crypten.mpc.context.run_multiprocess(world_size=2)(party_checks)(provider.lower())
+
+
+def reports_in_fresh_process(provider: str) -> list[dict] | None:
+    """`run_multiprocess` forks its parties from the calling process and, if CrypTen was
+    initialized there, re-initializes it afterwards from the environment: inside a pytest
+    process where other tests ran CrypTen that re-init waited forever for a peer. A fresh
+    interpreter with a clean environment has neither problem."""
+    code = (
+        "import json, sys; from tests.test_fast_compare import two_party_reports; "
+        f"print('REPORTS' + json.dumps(two_party_reports({provider!r})))"
+    )
+    skip = ("WORLD_SIZE", "RANK", "RENDEZVOUS", "DISTRIBUTED_BACKEND", "MASTER_ADDR", "MASTER_PORT")
+    env = {key: value for key, value in os.environ.items() if key not in skip}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("REPORTS")]
+    assert done.returncode == 0 and lines, f"party run failed:\n{done.stderr[-3000:]}"
+    return json.loads(lines[-1][len("REPORTS") :])
+
+
 @pytest.mark.parametrize("provider", ["TTP", "TFP"])
 def test_packed_ltz_two_parties(provider: str) -> None:
-    dealer = provider.lower()
-    with crypten.cfg.temp_override({"mpc.provider": provider}):
-        reports = crypten.mpc.context.run_multiprocess(world_size=2)(party_checks)(dealer)
+    reports = reports_in_fresh_process(provider)
     assert reports is not None, "a party failed: see the log above"
     for rank, report in enumerate(reports):
         assert report["wrong_bits"] == 0, f"rank {rank}: {report['wrong_bits']} wrong x < 0 bits"
