@@ -379,6 +379,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser("python -m bench.netns", description=__doc__.split("\n")[0])
     parser.add_argument("--network", default="wan", help="lan, wan, none, RATE,RTT (50mbit,20ms)")
     parser.add_argument("--check", action="store_true", help="only build, measure, tear down")
+    parser.add_argument(
+        "--hold", type=float, default=0.0, help="with --check: keep the links up this long (s)"
+    )
     weights = parser.add_mutually_exclusive_group()
     weights.add_argument("--checkpoint")
     weights.add_argument("--random-arch", metavar="ARCH")
@@ -396,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         with shaped_network(net) as topology:
             found = measure_link(topology, net)
+            time.sleep(args.hold)  # tests interrupt a run whose links are still up
         print(
             f"netns: TCP RTT median {found['rtt_median_s'] * 1e3:.3f} ms (min "
             f"{min(found['rtts_s']) * 1e3:.3f}, p90 {found['rtt_p90_s'] * 1e3:.3f}); "

@@ -168,7 +168,10 @@ def test_failure_ctrl_c_and_kill_leave_nothing_behind(netns):
         assert set(topology.namespaces()) <= set(leftover_namespaces(OURS))
         raise RuntimeError("boom")
     assert leftover_namespaces(topology.tag) == []
-    command = [sys.executable, "-m", "bench.netns", "--network", "1mbit,50ms", "--check"]
+    command = [
+        *[sys.executable, "-m", "bench.netns", "--network", "1mbit,50ms", "--check"],
+        *["--hold", "120"],  # on a quiet machine the check alone could end before the signal
+    ]
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
         run = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _wait_for_namespaces(run.pid)

@@ -20,7 +20,7 @@ import torch
 
 from mpc.client import EXIT_BUSY
 from mpc.local import LocalParties, free_port, local_parties, party_flags
-from mpc.protocol import connect, recv_message
+from mpc.protocol import ServerBusy, connect, recv_message
 from tests.test_curious_parties import own_input_shares
 from tests.test_secure_errors import wait_for
 
@@ -141,13 +141,27 @@ def test_concurrent_clients_up_to_the_limit_then_busy(soak_parties, tmp_path):
     assert_busy_beyond_the_limit(parties, tokens)
 
 
+def hold_a_slot(parties: LocalParties, within_s: float = 30.0):
+    """A connected, silent client holding one session slot. A session whose client has just
+    finished may still hold its slot for a moment (its thread ends after the party process):
+    a "busy" answer then is retried."""
+    deadline = time.monotonic() + within_s
+    while True:
+        sock = connect(parties.host, parties.port, 10, "server")
+        try:
+            recv_message(sock, 10, expect="hello")
+            return sock
+        except ServerBusy:
+            sock.close()
+            assert time.monotonic() < deadline, "the earlier sessions never released their slots"
+            time.sleep(0.2)
+
+
 def assert_busy_beyond_the_limit(parties: LocalParties, tokens: str) -> None:
     """Two clients that connected and stay silent hold both slots: a third is told "busy" at
     once, with its own exit code; once they leave (or time out) the server serves again."""
-    held = [connect(parties.host, parties.port, 10, "server") for _ in range(CONCURRENT)]
+    held = [hold_a_slot(parties) for _ in range(CONCURRENT)]
     try:
-        for sock in held:
-            recv_message(sock, 10, expect="hello")
         started = time.monotonic()
         command = [sys.executable, "-m", "mpc.client", "--port", str(parties.port)]
         done = subprocess.run(
