@@ -394,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give --checkpoint or --random-arch (or --check)")
     net = parse_network(args.network)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM tears down like Ctrl-C
+    # Ctrl-C tears down even when started with SIGINT ignored (inherited from a parent)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     rate = f"{net.rate_bit_s / 1e6:g} Mbit/s" if net.rate_bit_s else "uncapped"
     print(f"netns: {net.name}: {rate}, RTT {net.rtt_s * 1e3:g} ms", flush=True)
     if args.check:
