@@ -59,6 +59,8 @@ class Run:
     data_dir: str
     corpus: str | None
     variants: list[str]
+    device: str = "cpu"
+    precision: str = "fp32"
 
     def checkpoint(self, arch: str) -> Path:
         return self.work / "checkpoints" / f"{slug(arch)}.pt"
@@ -81,7 +83,8 @@ def train_variant(run: Run, arch: str) -> dict:
         argv += ["--batch-size", str(budget.batch_size), "--seed", str(run.seed)]
         argv += ["--eval-interval", str(budget.eval_interval)]
         argv += ["--eval-batches", str(budget.eval_batches), "--data-dir", run.data_dir]
-        argv += ["--out", str(path), "--resume"]
+        argv += ["--out", str(path), "--resume", "--grad-accum", str(budget.grad_accum)]
+        argv += ["--device", run.device, "--precision", run.precision]
         argv += ["--max-files", str(budget.max_files)] if budget.max_files else []
         argv += ["--corpus", run.corpus] if run.corpus else []
         code = train_main(argv)
@@ -216,6 +219,7 @@ def collect(run: Run) -> dict[str, pd.DataFrame]:
     """The per-variant records of every stage as tidy frames (absent stages give empty frames)."""
     training = [_read_json(run.record("train", a)) for a in run.variants]
     frames = {"training": pd.DataFrame([r for r in training if r])}
+    frames["entropy_trajectory"] = entropy_trajectory(run)
     heads, distribution = [], []
     for arch in run.variants:
         folder = run.record("entropy", arch, "")
@@ -247,6 +251,28 @@ def collect(run: Run) -> dict[str, pd.DataFrame]:
         ]
     )
     return frames
+
+
+def entropy_trajectory(run: Run) -> pd.DataFrame:
+    """Per evaluation of every variant's training: tokens seen, eval loss and each layer's mean
+    head entropy as a fraction of log T (uniform causal attention: about 0.80)."""
+    rows = []
+    for arch in run.variants:
+        if not run.record("train", arch).exists():
+            continue
+        for point in load_checkpoint(run.checkpoint(arch)).meta.get("history", []):
+            for layer, fraction in enumerate(point["entropy_fraction_by_layer"]):
+                rows.append(
+                    {
+                        "arch": arch,
+                        "step": point["step"],
+                        "tokens": point["tokens"],
+                        "eval_loss": point["eval_loss"],
+                        "layer": layer,
+                        "entropy_fraction_of_log_t": fraction,
+                    }
+                )
+    return pd.DataFrame(rows)
 
 
 def _read_json(path: Path) -> dict | None:
@@ -298,6 +324,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data-dir", default="data", help="cache for tokenized corpora")
     parser.add_argument("--corpus", help="folder or .jsonl(.gz) (default: Python stdlib)")
     parser.add_argument(
+        "--device", default="cpu", help="training device: cpu, cuda, mps or auto (MPC: the CPU)"
+    )
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    parser.add_argument("--grad-accum", type=int, help="micro-batches per step (default: budget's)")
+    parser.add_argument(
         "--by-variant",
         action="store_true",
         help="run every stage of one variant before the next (default: each stage for all)",
@@ -321,6 +352,8 @@ def make_run(args: argparse.Namespace) -> Run:
     budget = BUDGETS[args.budget]
     if args.measure_paper_shapes:
         budget = Budget(**{**asdict(budget), "measure_paper_shapes": True})
+    if args.grad_accum:
+        budget = Budget(**{**asdict(budget), "grad_accum": args.grad_accum})
     variants = expand_arch_names(args.variants) if args.variants else list(budget.variants)
     return Run(
         name=args.budget,
@@ -331,6 +364,8 @@ def make_run(args: argparse.Namespace) -> Run:
         data_dir=args.data_dir,
         corpus=args.corpus,
         variants=variants,
+        device=args.device,
+        precision=args.precision,
     )
 
 
@@ -342,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     run.work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     setting = {"budget": run.name, **asdict(run.budget), "seed": run.seed}
+    setting |= {"device": run.device, "precision": run.precision}
     setting |= {"variants": run.variants, "corpus": run.corpus or "python stdlib"}
     atomic_write_json(run.work / "budget.json", setting)
     print(f"reproduction '{run.name}': {len(run.variants)} variants -> {run.out}", flush=True)

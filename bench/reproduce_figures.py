@@ -97,8 +97,36 @@ def perplexity_chart(table4: pd.DataFrame, out: Path) -> Path:
     return path
 
 
+def entropy_trajectory_chart(trajectory: pd.DataFrame, out: Path) -> Path:
+    """Per variant, each layer's mean head entropy (fraction of log T) against tokens trained:
+    when attention leaves the uniform start (dashed, about 0.80) and where it goes."""
+    archs = list(dict.fromkeys(trajectory.arch))
+    cols = min(5, len(archs))
+    rows = math.ceil(len(archs) / cols)
+    fig, axes = _figure(2.6 * cols + 0.6, 2.1 * rows + 0.6, rows, cols)
+    for ax, arch in zip(axes, archs, strict=False):
+        part = trajectory[trajectory.arch == arch]
+        for layer, line in part.groupby("layer"):
+            ax.plot(line.tokens / 1e6, line.entropy_fraction_of_log_t, label=f"layer {layer}")
+        ax.axhline(0.80, color="grey", linestyle="--", linewidth=0.8)
+        ax.set_ylim(0, 1)
+        ax.set_title(arch, fontsize=9)
+        ax.set_xlabel("M tokens", fontsize=8)
+        ax.set_ylabel("entropy / log T", fontsize=8)
+    for ax in axes[len(archs) :]:
+        ax.set_visible(False)
+    if archs:
+        axes[0].legend(fontsize=6)
+    fig.suptitle("Attention entropy during training (dashed: uniform causal attention)")
+    path = out / "entropy_trajectory.png"
+    fig.savefig(path, dpi=110)
+    return path
+
+
 def draw_figures(frames: dict, tables: dict, out: Path) -> list[Path]:
     paths = []
+    if not frames["entropy_trajectory"].empty:
+        paths.append(entropy_trajectory_chart(frames["entropy_trajectory"], out))
     if not frames["entropy_heads"].empty:
         paths.append(entropy_heatmaps(frames["entropy_heads"], out))
     if not tables["head_distribution"].empty:

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from bench.environment import environment_record
-from bench.schema import NETWORKS, TOTAL, ResultRow
+from bench.schema import NETWORKS, TOTAL, ResultRow, measured_rows
 from models.atomic import atomic_write_json, atomic_write_text
 from models.checkpoint import Checkpoint, load_checkpoint, random_checkpoint
 from models.cli import UserError, add_config_args, config_from_args, run_main
@@ -65,29 +65,7 @@ def prompt_tokens(target: Target, length: int, repeat: int) -> list[int]:
 
 def rows_of_party(record: dict, party: str, base: dict, repeat: int) -> list[ResultRow]:
     step = record["steps"][0]
-    rows = [
-        ResultRow(
-            **base,
-            party=party,
-            layer=op["layer"],
-            category=op["category"],
-            repeat=repeat,
-            **{k: op[k] for k in ("bytes", "rounds", "comm_s", "wall_s", "cpu_s", "calls")},
-        )
-        for op in step["ops"]
-    ]
-    total = ResultRow(
-        **base,
-        party=party,
-        layer=-1,
-        category=TOTAL,
-        repeat=repeat,
-        **{k: step[k] for k in ("bytes", "rounds", "comm_s", "wall_s", "cpu_s")},
-        calls=1,
-        os_bytes=step["os_bytes"],
-        peak_rss_mb=step["peak_rss_mb"],
-    )
-    return [*rows, total]
+    return measured_rows(step["ops"], step, party, base, repeat)
 
 
 def add_predictions(rows: list[ResultRow], target: Target, approx, dealer: str) -> None:

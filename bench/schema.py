@@ -67,3 +67,35 @@ class ResultRow:
         self.projected_lan_s = projected_seconds(compute, self.bytes, self.rounds, "lan")
         self.projected_wan_s = projected_seconds(compute, self.bytes, self.rounds, "wan")
         return self
+
+
+COUNTERS = ("bytes", "rounds", "comm_s", "wall_s", "cpu_s")
+
+
+def measured_rows(ops: list[dict], total: dict, party: str, base: dict, repeat: int) -> list:
+    """One party's measured query as rows: one per (layer, category) op record, then a TOTAL row
+    from `total` (the whole query's counters plus os_bytes and peak_rss_mb). Any backend."""
+    rows = [
+        ResultRow(
+            **base,
+            party=party,
+            layer=op["layer"],
+            category=op["category"],
+            repeat=repeat,
+            calls=op["calls"],
+            **{k: op[k] for k in COUNTERS},
+        )
+        for op in ops
+    ]
+    whole = ResultRow(
+        **base,
+        party=party,
+        layer=-1,
+        category=TOTAL,
+        repeat=repeat,
+        calls=1,
+        os_bytes=total["os_bytes"],
+        peak_rss_mb=total["peak_rss_mb"],
+        **{k: total[k] for k in COUNTERS},
+    )
+    return [*rows, whole]

@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.schema import TOTAL, ResultRow
+from bench.schema import TOTAL, ResultRow, measured_rows
 from models.cli import UserError
 from mpc.local import free_port
 from mpc.spu.settings import protocol_label, settings_for_backend
@@ -40,33 +40,8 @@ def spu_available() -> str | None:
 
 
 def party_rows(record: dict, party: str, base: dict, repeat: int) -> list[ResultRow]:
-    counters = ("bytes", "rounds", "comm_s", "wall_s", "cpu_s", "calls")
-    rows = [
-        ResultRow(
-            **base,
-            party=party,
-            layer=op["layer"],
-            category=op["category"],
-            repeat=repeat,
-            **{k: op[k] for k in counters},
-        )
-        for op in record["ops"]
-    ]
-    total = record["total"]
-    rows.append(
-        ResultRow(
-            **base,
-            party=party,
-            layer=-1,
-            category=TOTAL,
-            repeat=repeat,
-            **{k: total[k] for k in counters[:-1]},
-            calls=1,
-            os_bytes=record["os_bytes"],
-            peak_rss_mb=record["peak_rss_mb"],
-        )
-    )
-    return rows
+    total = {**record["total"], **{k: record[k] for k in ("os_bytes", "peak_rss_mb")}}
+    return measured_rows(record["ops"], total, party, base, repeat)
 
 
 def _start_server(target, backend: str, port: int, repeats: int, folder: Path, timeout: float):

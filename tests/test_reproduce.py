@@ -68,10 +68,12 @@ def assert_cells_trace(md_rows, csv: pd.DataFrame, columns, key) -> None:
 def test_outputs_structure(tiny_run):
     out, work = tiny_run
     for name in ("training", "table4", "paper_shapes", "findings", "entropy_heads",
-                 "entropy_distribution", "head_distribution", "mpc_results", "accuracy"):  # fmt: skip
+                 "entropy_distribution", "head_distribution", "mpc_results", "accuracy",
+                 "entropy_trajectory"):  # fmt: skip
         assert (out / f"{name}.csv").is_file(), name
     for name in ("table4.md", "paper_shapes.md", "findings.md", "budget.json",
-                 "entropy_heatmaps.png", "head_distribution.png", "perplexity.png"):  # fmt: skip
+                 "entropy_heatmaps.png", "head_distribution.png", "perplexity.png",
+                 "entropy_trajectory.png"):  # fmt: skip
         assert (out / name).is_file(), name
     assert list((out / "plots").glob("*.png"))
     assert not list(out.rglob("*.pt")), "checkpoints belong in --work, never in the results"
@@ -87,6 +89,10 @@ def test_outputs_structure(tiny_run):
     assert table.top1_agreement.between(0, 1).all()
     heads = pd.read_csv(out / "entropy_heads.csv")
     assert len(heads) == len(TINY.variants) * 2 * 2  # layers x heads of the tiny preset
+    trajectory = pd.read_csv(out / "entropy_trajectory.csv")
+    evaluations = TINY.steps // TINY.eval_interval
+    assert len(trajectory) == len(TINY.variants) * evaluations * 2  # x layers
+    assert trajectory.entropy_fraction_of_log_t.between(0, 1).all()
 
 
 def test_markdown_numbers_trace_to_csv_rows(tiny_run):

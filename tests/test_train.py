@@ -60,6 +60,42 @@ def test_tiny_training_lowers_validation_loss(tmp_path, data_dir, tiny_data, arc
     assert math.isclose(checkpoint.meta["eval_ppl"], math.exp(after))
 
 
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_gradient_accumulation_gives_the_whole_batch_gradient(tiny_data, reduction):
+    """K micro-batches add up to the gradient of one batch, entropy penalty included (the paper's
+    sum reduction adds as is, a mean is weighted by the micro-batch's share)."""
+    from models.config import resolve_config
+
+    cfg = resolve_config("aero", "tiny", vocab_size=tiny_data.vocab_size)
+    cfg = cfg.replace(entropy_reduction=reduction, entropy_lambda=0.05)
+    x, y = tiny_data.batch("train", 12, 16, torch.Generator().manual_seed(0))
+    gradients, losses = [], []
+    for accum in (1, 3, 4):
+        torch.manual_seed(0)
+        model = GPT(cfg)
+        settings = trainer.TrainSettings(batch_size=12, grad_accum=accum)
+        losses.append(trainer.accumulate_gradients(model, x, y, settings, "fp32"))
+        gradients.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    assert losses[1] == pytest.approx(losses[0], rel=1e-6)
+    assert losses[2] == pytest.approx(losses[0], rel=1e-6)
+    for name, whole in gradients[0].items():
+        assert whole.abs().sum() > 0, name  # the penalty reaches the thresholds too
+        for split in gradients[1:]:
+            torch.testing.assert_close(split[name], whole, rtol=1e-4, atol=1e-7)
+
+
+def test_evaluations_record_the_attention_entropy_trajectory(tmp_path, data_dir, tiny_data):
+    code, out = _train(tmp_path, data_dir, "sm+g", 80, "--grad-accum", "2")
+    assert code == 0
+    history = load_checkpoint(out).meta["history"]
+    assert [point["step"] for point in history] == [40, 80]
+    assert [point["tokens"] for point in history] == [40 * 16 * 16, 80 * 16 * 16]
+    for point in history:
+        fractions = point["entropy_fraction_by_layer"]
+        assert len(fractions) == 2 and all(0 < f <= 1 for f in fractions)
+    assert history[-1]["eval_loss"] == load_checkpoint(out).meta["eval_loss"]
+
+
 def test_checkpoint_round_trips(tmp_path, data_dir, tiny_data):
     code, out = _train(tmp_path, data_dir, "sm+scfuffn", 5)
     assert code == 0
@@ -119,6 +155,9 @@ def test_cli_errors_are_one_line_and_non_zero(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     for argv in (
         ["-m", "models.train", "--arch", "gpt5"],
+        ["-m", "models.train", "--arch", "aero", "--batch-size", "16", "--grad-accum", "3"],
+        ["-m", "models.train", "--arch", "aero", "--device", "tpu9"],
+        ["-m", "models.train", "--arch", "aero", "--device", "cuda:0"],  # none on this machine
         ["-m", "models.analyze", "--checkpoint", str(bad), "--out", str(tmp_path)],
     ):
         result = subprocess.run(
