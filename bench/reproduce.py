@@ -369,6 +369,21 @@ def make_run(args: argparse.Namespace) -> Run:
     )
 
 
+RECIPE_KEYS = ("preset", "steps", "batch_size", "seed", "max_files", "corpus")
+
+
+def refuse_other_recipe(path: Path, setting: dict) -> None:
+    """A work folder resumes only the same training recipe: continuing a checkpoint under other
+    steps would silently change its learning-rate schedule."""
+    if not path.exists():
+        return
+    earlier = json.loads(path.read_text())
+    changed = [k for k in RECIPE_KEYS if k in earlier and earlier[k] != setting[k]]
+    if changed:
+        what = ", ".join(f"{k} {earlier[k]} -> {setting[k]}" for k in changed)
+        raise UserError(f"{path.parent} holds a run of another recipe ({what}); use another --work")
+
+
 def main(argv: list[str] | None = None) -> int:
     from bench.reproduce_shapes import paper_shapes
 
@@ -379,6 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     setting = {"budget": run.name, **asdict(run.budget), "seed": run.seed}
     setting |= {"device": run.device, "precision": run.precision}
     setting |= {"variants": run.variants, "corpus": run.corpus or "python stdlib"}
+    refuse_other_recipe(run.work / "budget.json", setting)
     atomic_write_json(run.work / "budget.json", setting)
     print(f"reproduction '{run.name}': {len(run.variants)} variants -> {run.out}", flush=True)
     failures: list[str] = []

@@ -156,3 +156,10 @@ def test_paper_shapes_model_equals_the_committed_measurements(tmp_path):
     for row in measured.itertuples():
         expected = model.loc[(row.shape, row.arch, row.protocol)]
         assert row.comm_gb == expected.comm_gb and row.rounds == expected.rounds
+
+
+def test_a_work_folder_of_another_recipe_is_refused(tiny_run):
+    out, work = tiny_run
+    done = reproduce("--out", str(out), "--work", str(work), "--seed", "7", "--stages", "table")
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "another recipe (seed 1337 -> 7)" in done.stderr
