@@ -20,7 +20,6 @@ import os
 import socket
 import sys
 import threading
-import time
 
 from models.cli import UserError, run_main
 from mpc.party import run_dealer
@@ -29,6 +28,7 @@ from mpc.protocol import (
     PROTOCOL_VERSION,
     ProtocolError,
     ServerBusy,
+    accept_until,
     listen,
     one_line,
     recv_message,
@@ -39,7 +39,6 @@ from mpc.protocol import (
 from mpc.weight_masks import sweep_mask_stores
 
 DEFAULT_MAX_CONCURRENT = 8  # one dealer may serve several servers
-ACCEPT_POLL_S = 0.2  # how often the accept loop looks whether --max-sessions is reached
 
 
 def validate_booking(message: dict) -> tuple[str, int, float]:
@@ -110,24 +109,14 @@ class Dealer:
 
     def serve(self) -> int:
         listener = listen(self.args.host, self.args.port, "dealer")
-        listener.settimeout(ACCEPT_POLL_S)
         print(f"dealer: listening on {self.args.host}:{self.args.port}", flush=True)
-        bookings: list[threading.Thread] = []
-        while not self.finished():
-            try:
-                conn, (peer, *_) = listener.accept()
-            except TimeoutError:
-                continue
-            except OSError as error:  # e.g. out of file descriptors: wait for sessions to end
-                print(f"dealer: cannot accept a booking ({one_line(error)})", flush=True)
-                time.sleep(1.0)
-                continue
+
+        def book_in_thread(conn: socket.socket, peer: str) -> threading.Thread:
             thread = threading.Thread(target=self.book, args=(conn, peer), daemon=True)
             thread.start()
-            bookings = [t for t in bookings if t.is_alive()] + [thread]
-        listener.close()
-        for thread in bookings:
-            thread.join()
+            return thread
+
+        accept_until(listener, "dealer", self.finished, book_in_thread)
         for process in self.running:
             process.join()
         return 0

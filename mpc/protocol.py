@@ -15,7 +15,9 @@ import hashlib
 import json
 import socket
 import struct
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -140,6 +142,36 @@ def listen(host: str, port: int, what: str) -> socket.socket:
         raise UserError(f"{what} cannot listen on {host}:{port} ({error.strerror})") from None
     sock.listen(16)
     return sock
+
+
+ACCEPT_POLL_S = 0.2  # how often an accept loop looks whether it is finished
+
+
+def accept_until(
+    listener: socket.socket,
+    role: str,
+    finished: Callable[[], bool],
+    handle: Callable[[socket.socket, str], threading.Thread | None],
+) -> None:
+    """Accept connections until finished(); each goes to handle(conn, peer), which answers it or
+    starts (and returns) a thread for it. Then close the listener and wait for those threads."""
+    listener.settimeout(ACCEPT_POLL_S)
+    running: list[threading.Thread] = []
+    while not finished():
+        try:
+            conn, (peer, *_) = listener.accept()
+        except TimeoutError:
+            continue
+        except OSError as error:  # e.g. out of file descriptors: wait for sessions to end
+            print(f"{role}: cannot accept a connection ({one_line(error)})", flush=True)
+            time.sleep(1.0)
+            continue
+        thread = handle(conn, peer)
+        if thread is not None:
+            running = [t for t in running if t.is_alive()] + [thread]
+    listener.close()
+    for thread in running:
+        thread.join()
 
 
 @dataclass(frozen=True)

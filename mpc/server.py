@@ -18,7 +18,6 @@ import socket
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 import torch
@@ -36,6 +35,7 @@ from mpc.protocol import (
     ProtocolError,
     PublicModel,
     ServerBusy,
+    accept_until,
     connect,
     listen,
     one_line,
@@ -83,7 +83,6 @@ def describe_model(checkpoint_path: str, approx: ApproxConfig, dealer: str) -> P
 
 
 REQUEST_FIELDS = {"type", "version", "fingerprint", "prompt_length", "new_tokens", "all_positions"}
-ACCEPT_POLL_S = 0.2  # how often the accept loop looks whether --max-queries is reached
 
 
 def validate_request(request: dict, public: PublicModel) -> tuple[int, int, bool]:
@@ -307,7 +306,6 @@ class Server:
 
     def serve(self) -> int:
         listener = listen(self.args.host, self.args.port, "server")
-        listener.settimeout(ACCEPT_POLL_S)
         last_port = self.args.mpc_port + self.args.max_concurrent - 1
         print(
             f"server: {self.public.config['arch']} (fingerprint {self.fingerprint[:12]}) "
@@ -316,26 +314,18 @@ class Server:
             f"{TRUST_LABELS[self.public.dealer]}",
             flush=True,
         )
-        sessions: list[threading.Thread] = []
-        while not self.finished():
-            try:
-                conn, (peer, *_) = listener.accept()
-            except TimeoutError:
-                continue
-            except OSError as error:  # e.g. out of file descriptors: wait for sessions to end
-                print(f"server: cannot accept a client ({one_line(error)})", flush=True)
-                time.sleep(1.0)
-                continue
+
+        def start_session(conn: socket.socket, peer: str) -> threading.Thread | None:
             port = self.ports.take()
             if port is None:
                 self.refuse_busy(conn, peer)
-                continue
+                return None
             thread = threading.Thread(target=self.session, args=(conn, peer, port), daemon=True)
             thread.start()
-            sessions = [t for t in sessions if t.is_alive()] + [thread]
-        listener.close()
-        for thread in sessions:  # --max-queries reached: let the sessions in flight finish
-            thread.join()
+            return thread
+
+        # --max-queries reached: the sessions in flight finish before serve returns
+        accept_until(listener, "server", self.finished, start_session)
         return 0
 
 
