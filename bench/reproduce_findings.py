@@ -15,6 +15,13 @@ LOWEST, HIGHEST = BIN_LABELS[0], BIN_LABELS[-1]
 # the small budget reached 3.7 % (results/reproduce-small/noise.csv).
 PPL_NOISE = 0.04
 ENTROPY_NOISE_NATS = 0.05  # deepest-layer mean entropies closer than this are "equal"
+LEFT_UNIFORM = 0.05  # a layer has left uniform attention 0.05 log T below the uniform entropy
+
+
+def uniform_fraction(length: int) -> float:
+    """Mean entropy of uniform causal attention over T queries, as a fraction of log T: query i
+    attends i keys, entropy log i (about 0.80 at T = 128)."""
+    return sum(math.log(i) for i in range(1, length + 1)) / length / math.log(length)
 
 
 def _finding(key, finding, ours_value, paper_value, ours, paper, verdict, source) -> dict:
@@ -149,6 +156,40 @@ def collapse_by_scaling(distribution: pd.DataFrame, heads: pd.DataFrame) -> list
     return rows
 
 
+def uniform_exit(trajectory: pd.DataFrame, training: pd.DataFrame) -> list[dict]:
+    """Tokens trained until some layer's mean attention entropy first falls LEFT_UNIFORM below
+    the uniform value, LayerNorm against LN-free models (ours; the paper's 2.1 B tokens are far
+    past this point). Before it, no entropy structure (collapse, overload) can exist."""
+    if trajectory.empty or training.empty:
+        return []
+    exits = {}
+    for arch in ABLATION:
+        part = trajectory[trajectory.arch == arch]
+        if part.empty:
+            continue
+        length = int(training.loc[training.arch == arch, "seq_len"].iloc[0])
+        lowest = part.groupby("tokens").entropy_fraction_of_log_t.min()
+        left = lowest[lowest < uniform_fraction(length) - LEFT_UNIFORM]
+        exits[arch] = float(left.index[0]) if len(left) else math.nan
+    if "SM+LN+G" not in exits:
+        return []
+    text = "; ".join(
+        f"{arch} {value / 1e6:.2f} M" if not math.isnan(value) else f"{arch} never"
+        for arch, value in exits.items()
+    )
+    free = [exits[a] for a in ("SM+G", "SM+R", "SM") if a in exits]
+    later = [v for v in free if math.isnan(v) or v > exits["SM+LN+G"]]
+    verdict = f"LN-free later in {len(later)} of {len(free)}" if free else "no LN-free model"
+    ratio = max((v for v in free if not math.isnan(v)), default=math.nan) / exits["SM+LN+G"]
+    return [
+        _finding(
+            "uniform_exit", "tokens until attention leaves uniform (some layer 0.05 log T below)",
+            ratio, math.nan, text, "not reported (2.1 B tokens)", verdict,
+            "entropy_trajectory.csv, training.csv seq_len",
+        )
+    ]  # fmt: skip
+
+
 def ppl_gains(ppl: dict[str, float]) -> list[dict]:
     """Entropy regularization, pruning and static normalizations against their reference."""
     pairs = [  # (key, claim, variant, reference, paper's relative change)
@@ -222,6 +263,7 @@ def findings(frames: dict[str, pd.DataFrame], tables: dict[str, pd.DataFrame]) -
     ppl = _ppl(training)
     rows = ablation_order(ppl) + (divergence(training) if len(training) else [])
     rows += entropy_findings(frames["entropy_distribution"], frames["entropy_heads"])
+    rows += uniform_exit(frames.get("entropy_trajectory", pd.DataFrame()), training)
     rows += ppl_gains(ppl)
     rows += savings(tables["table4"], tables["paper_shapes"])
     return pd.DataFrame(rows)

@@ -163,3 +163,21 @@ def test_a_work_folder_of_another_recipe_is_refused(tiny_run):
     done = reproduce("--out", str(out), "--work", str(work), "--seed", "7", "--stages", "table")
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "another recipe (seed 1337 -> 7)" in done.stderr
+
+
+def test_uniform_exit_reads_the_entropy_trajectory():
+    from bench.reproduce_findings import uniform_exit, uniform_fraction
+
+    uniform = uniform_fraction(128)
+    assert uniform == pytest.approx(0.7993, abs=1e-4)  # the 0.80 log T of the AERO notes
+    rows = []
+    for arch, drops_at in (("SM+LN+G", 200_000), ("SM+G", 800_000), ("SM", None)):
+        for tokens in (100_000, 200_000, 400_000, 800_000):
+            low = drops_at is not None and tokens >= drops_at
+            for layer, fraction in enumerate((uniform, uniform - (0.2 if low else 0.01))):
+                rows.append(dict(arch=arch, tokens=tokens, layer=layer,
+                                 entropy_fraction_of_log_t=fraction))  # fmt: skip
+    training = pd.DataFrame({"arch": ["SM+LN+G", "SM+G", "SM"], "seq_len": [128] * 3})
+    (row,) = uniform_exit(pd.DataFrame(rows), training)
+    assert row["ours"] == "SM+LN+G 0.20 M; SM+G 0.80 M; SM never"
+    assert row["verdict"] == "LN-free later in 2 of 2" and row["ours_value"] == 4.0
