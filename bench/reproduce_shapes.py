@@ -39,6 +39,8 @@ REPO = Path(__file__).resolve().parents[1]
 COMMITTED_MEASUREMENTS = (  # relative to REPO; those present are read
     "results/gpt2-t128-crypten-ttp/results.csv",
     "results/gpt2-t128-protocols/results.csv",
+    "results/gpt2-t256-optimized/results.csv",  # 12L T=256, baseline and aero
+    "results/gpt2-18l-t128-optimized/results.csv",  # 18L T=128, baseline and aero
 )
 GROUP_COLUMNS = {  # display group of bench.report -> column of this table
     "Softmax": "softmax_gb",

@@ -66,6 +66,11 @@ class SessionSpec:
     def config(self) -> ModelConfig:
         return ModelConfig.from_dict(self.public.config)
 
+    @functools.cached_property
+    def approx(self) -> ApproxConfig:
+        """The approximations and protocol knobs both parties agreed on (parsed once)."""
+        return ApproxConfig.from_dict(self.public.approx)
+
 
 @dataclass
 class PartyResult:
@@ -139,7 +144,7 @@ def start_crypten(spec: SessionSpec, rank: int) -> Any:
     crypten = import_crypten()
     crypten.cfg.mpc.provider = "TTP" if spec.dealer == "ttp" else "TFP"
     crypten.cfg.communicator.verbose = True
-    approx = ApproxConfig.from_dict(spec.public.approx)
+    approx = spec.approx
     apply_to_crypten(approx)
     use_optimized_protocol(approx)
     with (
@@ -198,8 +203,7 @@ def build_encrypted_model(
     crypten: Any, spec: SessionSpec, rank: int, state: dict | None, secret: MaskSecret | None
 ) -> tuple[Any, dict[str, float]]:
     """The encrypted model and what its set-up cost (weight masks only)."""
-    cfg = spec.config
-    approx = ApproxConfig.from_dict(spec.public.approx)
+    cfg, approx = spec.config, spec.approx
     model = inference_model(cfg, state)  # client: random skeleton, only shapes are used
     apply_var_scales(model, spec.public.layernorm_var_scales)
     model.use_ops(CryptenOps(approx))
@@ -218,8 +222,7 @@ def share_masked_weights(
     shares once per loaded model."""
     if rank == SERVER and secret is None:
         raise ValueError("weight masks need the server's MaskSecret")
-    comm = crypten.communicator.get()
-    approx = ApproxConfig.from_dict(spec.public.approx)
+    comm, approx = crypten.communicator.get(), spec.approx
     with translate_peer_errors("setting up the weight masks"):
         fields = comm.broadcast_obj(vars(secret) if rank == SERVER else None, SERVER)
         secret = MaskSecret(**fields)

@@ -195,3 +195,14 @@ def test_entropy_analysis_writes_csv_and_figures(tmp_path, data_dir, tiny_data):
     assert math.isclose(bins["fraction_of_heads"].sum(), 1.0)
     for png in ("entropy_heatmap.png", "entropy_distribution.png"):
         assert (folder / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bf16_autocast_trains_with_fp32_weights(tmp_path, data_dir, tiny_data):
+    code, out = _train(tmp_path, data_dir, "aero", 4, "--precision", "bf16", "--device", "auto")
+    assert code == 0
+    checkpoint = load_checkpoint(out)
+    assert checkpoint.meta["precision"] == "bf16" and checkpoint.meta["device"] == "cpu"
+    assert all(
+        t.dtype == torch.float32 for t in checkpoint.model_state.values() if t.is_floating_point()
+    )
+    assert math.isfinite(checkpoint.meta["eval_loss"])
