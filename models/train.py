@@ -105,8 +105,7 @@ def evaluate_with_entropy(
 
 def training_loss(model: GPT, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, float]:
     """Cross-entropy plus lambda * entropy penalty (EReg variants); returns (loss, CE value)."""
-    loss, ce = micro_batch_loss(model, x, y, 1.0)
-    return loss, ce
+    return micro_batch_loss(model, x, y, 1.0)
 
 
 def micro_batch_loss(

@@ -145,12 +145,14 @@ class CryptenOps(TensorOps):
         """Softmax along `dim` in the form `approx.softmax_form`.
 
         "stock": CrypTen's max subtraction, exp and reciprocal. Valid for any row whose entries
-            lie within ~500 of its max, up to ~200 entries (the sum's reciprocal explodes past
-            ~256); causal mask -64, never -inf or -1e4. Max abs error 3.7e-3 (T = 16) and 8.4e-3
+            lie within ~500 of its max, up to ~200 entries (the sum's reciprocal explodes near
+            256: a flat row of 256 gives errors of 1e9; kept as shipped, it is the reference);
+            causal mask -64, never -inf or -1e4. Max abs error 3.7e-3 (T = 16) and 8.4e-3
             (T = 128) on causal rows of N(0, 9) logits; 1488 B/element, 116 rounds at T = 128.
         "tree": the same softmax with the row max from a halving tree, max(a, b) = b + relu(a - b)
-            (one comparison and one multiply per pair, no one-hot argmax): the same range and
-            accuracy as "stock"; 620 B/element, 100 rounds at T = 128 with stock comparisons
+            (one comparison and one multiply per pair, no one-hot argmax): the same accuracy as
+            "stock", and rows longer than 128 have their sum scaled into the reciprocal's range
+            (any length); 620 B/element, 100 rounds at T = 128 with stock comparisons
             (`tree_max`).
         "max_free": no max; see `_softmax_max_free` for the (narrow) range it is accurate on.
         """
@@ -241,6 +243,11 @@ def _softmax_tree(scores: Tensor, dim: int) -> Tensor:
         return scores * 0.0 + 1.0
     crypten = import_crypten()
     numerator = (scores - tree_max(scores, dim)).exp()
+    row_sum = numerator.sum(dim, keepdim=True)  # in [1, n]: the max entry contributes exp(0)
+    # CrypTen's reciprocal overflows near 256 (a flat row of 256 gave errors of 1e9): past 128
+    # entries the sum is divided by the public n / 128 first (a local truncation, no traffic).
+    scale = max(1.0, scores.size(dim) / SOFTMAX_ROWS_IN_RANGE)
     with crypten.cfg.temp_override({"functions.reciprocal_all_pos": True}):
-        inverse = numerator.sum(dim, keepdim=True).reciprocal()
-    return numerator * inverse
+        if scale == 1.0:
+            return numerator * row_sum.reciprocal()
+        return numerator * (row_sum * (1.0 / scale)).reciprocal() * (1.0 / scale)

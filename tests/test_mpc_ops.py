@@ -224,6 +224,20 @@ def test_softmax_with_row_max(crypten: types.ModuleType, form: str) -> None:
         assert_close(got, expected, 6e-3, f"{form} softmax, T={length}, N(0, 9) logits")
 
 
+def test_tree_softmax_holds_past_256_entries(crypten: types.ModuleType) -> None:
+    """A flat causal row sums to its length; CrypTen's reciprocal overflows near 256 (the paper's
+    T = 256 under a softmax-only model with near-uniform attention gave logit errors of 4e9), so
+    the tree form scales long rows' sums into range first."""
+    approx = ApproxConfig(softmax_form="tree")
+    for length in (256, 300):
+        for sigma in (0.0, 3.0):
+            scores = torch.randn(1, 1, length, length, generator=torch.Generator().manual_seed(0))
+            scores = apply_causal_mask(scores * sigma, causal_keep(length), MASK)
+            got = decrypt(CryptenOps(approx).softmax(crypten.cryptensor(scores), dim=-1))
+            expected = TORCH_OPS.softmax(scores, dim=-1)
+            assert_close(got, expected, 1.2e-2, f"tree softmax, T={length}, sigma {sigma}")
+
+
 def test_tree_max_equals_the_row_max(crypten: types.ModuleType) -> None:
     from mpc.ops import tree_max
 
