@@ -23,7 +23,7 @@ from models.atomic import atomic_write_json
 from models.cli import UserError, run_main
 from models.config import ConfigError, ModelConfig, canonical_arch
 from models.data import tokenizer_from_json
-from mpc.party import SessionSpec, run_party
+from mpc.party import SessionSpec, native_stderr_to_file, run_party
 from mpc.protocol import (
     PROTOCOL_VERSION,
     TRUST_LABELS,
@@ -168,7 +168,8 @@ def query(args: argparse.Namespace) -> dict:
             flush=True,
         )
 
-    result = run_party(spec, CLIENT, ids, None, on_step=report)
+    with native_stderr_to_file("aero-pi-client-"):
+        result = run_party(spec, CLIENT, ids, None, on_step=report)
     return {
         "arch": cfg.arch,
         "fingerprint": public.fingerprint(),

@@ -177,10 +177,22 @@ def socket_counters() -> dict[str, int] | None:
     socket inode, from `ss -tie`: an independent check of CrypTen's own byte count. Sockets are
     matched by inode (not `ss -p`, whose process scan is slow and racy under load). None where
     `ss` or /proc is unavailable."""
-    try:
-        inodes = _socket_inodes()
-        out = subprocess.run(["ss", "-tineH"], capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError):
+    # Only established sockets: a full dump also walks the thousands of TIME_WAIT sockets a busy
+    # machine churns through, and a netlink dump interrupted by that churn came back without this
+    # process's sockets (kernel count 0 in a loaded test run). A failed or empty dump is retried.
+    command = ["ss", "-tineH", "state", "established"]
+    out = None
+    for _ in range(3):
+        try:
+            inodes = _socket_inodes()
+            done = subprocess.run(command, capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        if done.returncode == 0:
+            out = done.stdout  # no socket of ours at all may be the truth: keep the last dump
+            if any(f"ino:{inode}" in out for inode in inodes):
+                break
+    if out is None:
         return None
     counters: dict[str, int] = {}
     key = None

@@ -14,6 +14,7 @@ import os
 import resource
 import secrets
 import sys
+import tempfile
 import threading
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -21,6 +22,7 @@ from typing import Any
 
 import torch
 
+from models.cli import UserError
 from models.config import ModelConfig
 from mpc.approx import ApproxConfig, apply_to_crypten
 from mpc.compat import import_crypten
@@ -83,6 +85,39 @@ class PartyResult:
 
 
 WATCHDOG_GRACE_S = 5.0
+_user_stderr: int | None = None  # the real stderr while native_stderr_to_file holds fd 2
+
+
+@contextlib.contextmanager
+def native_stderr_to_file(prefix: str):
+    """gloo's C++ transport writes its connection retries straight to fd 2, several lines each,
+    but a client's failure must read as one line. During the session fd 2 goes to a temporary
+    file; it is kept only if the session fails with something in it, and its path is added to
+    the error (a UserError's message)."""
+    global _user_stderr
+    handle, path = tempfile.mkstemp(prefix=prefix, suffix=".log")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    os.dup2(handle, 2)
+    os.close(handle)
+    _user_stderr, failed = saved, True
+    try:
+        yield path
+        failed = False
+    except UserError as error:
+        sys.stderr.flush()
+        if os.path.getsize(path):
+            error.args = (f"{error} (transport log: {path})",)
+        raise
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        _user_stderr = None
+        if not failed or not os.path.getsize(path):
+            os.unlink(path)
+
+
 PEER_EXIT_CODE = 2  # what `models.cli.run_main` returns for a PeerError
 
 
@@ -92,12 +127,11 @@ def start_watchdog(seconds: float, doing: str) -> threading.Timer:
     `seconds` (+ grace) ends this process with one line instead; cancel the timer when done."""
 
     def expire() -> None:
-        print(
+        line = (
             f"error: MPC session failed while {doing}: no progress for {seconds:.0f} s "
-            "(the peer went away)",
-            file=sys.stderr,
-            flush=True,
+            "(the peer went away)\n"
         )
+        os.write(_user_stderr if _user_stderr is not None else 2, line.encode())
         os._exit(PEER_EXIT_CODE)
 
     timer = threading.Timer(seconds + WATCHDOG_GRACE_S, expire)

@@ -253,3 +253,25 @@ def test_start_up_watchdog_ends_a_stuck_party_with_one_line():
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "no progress for" in done.stderr
     assert time.monotonic() - started < 20
+
+
+def test_native_transport_noise_stays_out_of_the_one_line_error(capfd):
+    """gloo writes connection retries straight to fd 2; a client failure must still be one line,
+    with the transport's lines kept in a file the error names."""
+    import os
+
+    from mpc.party import native_stderr_to_file
+    from mpc.protocol import PeerError
+
+    with pytest.raises(PeerError) as raised:
+        with native_stderr_to_file("aero-pi-test-") as log:
+            os.write(2, b"[debug_logger.cc:9] ERROR failed to connect, willRetry=1\n")
+            raise PeerError("MPC session failed while starting the MPC session: timeout")
+    assert str(raised.value).endswith(f"(transport log: {log})")
+    assert "failed to connect" in open(log).read()
+    os.unlink(log)
+    with native_stderr_to_file("aero-pi-test-") as quiet:
+        os.write(2, b"retry noise of a session that then succeeded\n")
+    assert not os.path.exists(quiet)  # kept only for a failure
+    os.write(2, b"after\n")
+    assert capfd.readouterr().err == "after\n"  # fd 2 is back
