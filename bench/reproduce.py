@@ -227,6 +227,14 @@ def collect(run: Run) -> dict[str, pd.DataFrame]:
             heads.append(pd.read_csv(folder / "entropy_heads.csv"))
             distribution.append(pd.read_csv(folder / "entropy_distribution.csv"))
     frames["entropy_heads"] = pd.concat(heads, ignore_index=True) if heads else pd.DataFrame()
+    frames["entropy_layers"] = (  # per-layer means of the heads' rows (README's layer table)
+        frames["entropy_heads"]
+        .groupby(["arch", "layer"], sort=False)[["entropy_nats", "entropy_over_log_t"]]
+        .mean()
+        .reset_index()
+        if heads
+        else pd.DataFrame()
+    )
     frames["entropy_distribution"] = (
         pd.concat(distribution, ignore_index=True) if distribution else pd.DataFrame()
     )

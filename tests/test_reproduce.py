@@ -69,7 +69,7 @@ def test_outputs_structure(tiny_run):
     out, work = tiny_run
     for name in ("training", "table4", "paper_shapes", "findings", "entropy_heads",
                  "entropy_distribution", "head_distribution", "mpc_results", "accuracy",
-                 "entropy_trajectory"):  # fmt: skip
+                 "entropy_trajectory", "entropy_layers"):  # fmt: skip
         assert (out / f"{name}.csv").is_file(), name
     for name in ("table4.md", "paper_shapes.md", "findings.md", "budget.json",
                  "entropy_heatmaps.png", "head_distribution.png", "perplexity.png",
