@@ -184,16 +184,12 @@ class CryptenOps(TensorOps):
         equal logits overflows the reciprocal (garbage, ~1e8). Use the stock form elsewhere.
         Cost at T = 128: 165 B/element (16 of them for the square), 38 rounds.
         """
-        crypten = import_crypten()
         bound = self.approx.softmax_logit_bound
         length = scores.size(dim)
         scale = math.exp(bound) * max(1.0, length / SOFTMAX_ROWS_IN_RANGE)  # public K
         taylor = 1.0 / 2.0 ** (self.approx.exp_iterations + 1)
         numerator = (scores + scores.square() * taylor).exp()
-        denominator = numerator.sum(dim, keepdim=True) * (1.0 / scale)
-        with crypten.cfg.temp_override({"functions.reciprocal_all_pos": True}):
-            inverse = denominator.reciprocal()
-        return numerator * inverse * (1.0 / scale)
+        return _normalized(numerator, dim, scale)
 
 
 def _gelu_tanh(x: Tensor) -> Tensor:
@@ -241,13 +237,19 @@ def _softmax_tree(scores: Tensor, dim: int) -> Tensor:
     the max from `tree_max`."""
     if scores.size(dim) == 1:
         return scores * 0.0 + 1.0
+    numerator = (scores - tree_max(scores, dim)).exp()  # row sums in [1, n]: the max gives 1
+    return _normalized(numerator, dim, max(1.0, scores.size(dim) / SOFTMAX_ROWS_IN_RANGE))
+
+
+def _normalized(numerator: Tensor, dim: int, scale: float) -> Tensor:
+    """numerator / S, S its (positive) row sum, as numerator * (1 / (S / K)) / K: the public
+    K = `scale` keeps S / K inside CrypTen's reciprocal range, which overflows near 256 (a flat
+    row of 256 gave errors of 1e9). Dividing by K is a local truncation (no traffic); K = 1
+    skips it."""
     crypten = import_crypten()
-    numerator = (scores - tree_max(scores, dim)).exp()
-    row_sum = numerator.sum(dim, keepdim=True)  # in [1, n]: the max entry contributes exp(0)
-    # CrypTen's reciprocal overflows near 256 (a flat row of 256 gave errors of 1e9): past 128
-    # entries the sum is divided by the public n / 128 first (a local truncation, no traffic).
-    scale = max(1.0, scores.size(dim) / SOFTMAX_ROWS_IN_RANGE)
+    row_sum = numerator.sum(dim, keepdim=True)
     with crypten.cfg.temp_override({"functions.reciprocal_all_pos": True}):
         if scale == 1.0:
             return numerator * row_sum.reciprocal()
-        return numerator * (row_sum * (1.0 / scale)).reciprocal() * (1.0 / scale)
+        inverse = (row_sum * (1.0 / scale)).reciprocal()
+    return numerator * inverse * (1.0 / scale)
