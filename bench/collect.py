@@ -3,7 +3,8 @@
     python -m bench.collect results/docker/baseline-tiny --preset tiny --network docker
 
 Reads client-N.json (written by `mpc.client --json-out`) and server-N.json (`mpc.server
---measure-dir`) pairs and writes results.csv, config.json, summary.md and plots beside them, the
+--measure-dir`) pairs, from FOLDER or its `client/` and `server/` subfolders, and writes
+results.csv, config.json, summary.md and plots beside them, the
 same rows `bench/run.py` writes: this is how a run whose parties live in separate containers or
 hosts becomes the same tidy CSV.
 """
@@ -24,13 +25,22 @@ from models.config import PRESETS, ModelConfig
 from mpc.approx import ApproxConfig
 
 
+def record_folders(folder: Path) -> tuple[Path, Path]:
+    """(client records, server records): the `client/` and `server/` subfolders where each party
+    wrote into a folder of its own (docker/compose.yaml: the server's container must never read
+    the client's prompt and logits), else `folder` itself."""
+    return tuple(folder / party if (folder / party).is_dir() else folder
+                 for party in ("client", "server"))  # fmt: skip
+
+
 def query_pairs(folder: Path, wait_s: float) -> list[tuple[int, dict, dict]]:
     """(query number, client record, server record); the server may write its record a moment
     after the client finished, so a missing one is awaited up to `wait_s` seconds."""
     pairs = []
-    for client_path in sorted(folder.glob("client-*.json")):
+    client_folder, server_folder = record_folders(folder)
+    for client_path in sorted(client_folder.glob("client-*.json")):
         number = int(client_path.stem.split("-")[1])
-        server_path = folder / f"server-{number}.json"
+        server_path = server_folder / f"server-{number}.json"
         deadline = time.monotonic() + wait_s
         while not server_path.exists() and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -43,7 +53,7 @@ def query_pairs(folder: Path, wait_s: float) -> list[tuple[int, dict, dict]]:
         except json.JSONDecodeError:
             raise UserError(f"{client_path} or {server_path.name} is not valid JSON") from None
     if not pairs:
-        raise UserError(f"no client-N.json records in {folder}")
+        raise UserError(f"no client-N.json records in {client_folder}")
     return pairs
 
 

@@ -1,6 +1,7 @@
 """The client: holds the prompt, knows only the public architecture, and alone learns the output.
 
-    python -m mpc.client --prompt "def fib(n):" --host 127.0.0.1 --port 7000 --max-new-tokens 4
+    python -m mpc.client --prompt-file prompt.txt --host 127.0.0.1 --port 7000 --max-new-tokens 4
+    echo "def fib(n):" | python -m mpc.client --prompt-file - --max-new-tokens 4
 
 It receives the public model description from the server, checks its fingerprint, tokenizes and
 validates the prompt locally, then runs the MPC session as rank 1. The server never sees the prompt
@@ -54,6 +55,21 @@ def read_token_file(path: str) -> list[str]:
         except json.JSONDecodeError:
             raise UserError(f"token file {path} is not a valid JSON list") from None
     return stripped.replace(",", " ").split()
+
+
+def prompt_text(args: argparse.Namespace) -> str:
+    """The prompt: --prompt, or the whole of --prompt-file ("-": standard input). A file or a
+    pipe is the private way: a command line is visible to every local user (`ps`)."""
+    if args.prompt is not None:
+        return args.prompt
+    try:
+        if args.prompt_file == "-":
+            return sys.stdin.read()
+        return Path(args.prompt_file).read_text()
+    except OSError as error:
+        raise UserError(f"cannot read prompt file {args.prompt_file} ({error.strerror})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"prompt file {args.prompt_file} is not UTF-8 text") from None
 
 
 def validate_tokens(raw: list, cfg: ModelConfig, new_tokens: int) -> list[int]:
@@ -131,9 +147,12 @@ def query(args: argparse.Namespace) -> dict:
         hello = recv_message(sock, args.timeout, expect="hello")
         public = check_public_model(hello, args.expect_fingerprint, args.expect_arch)
         cfg, tokenizer = model_of(public)
-        if args.prompt is not None and tokenizer is None:
+        if args.tokens is None and tokenizer is None:
             raise UserError("the server has no tokenizer (random weights): give --tokens")
-        raw = read_token_file(args.tokens) if args.tokens else tokenizer.encode(args.prompt).ids
+        if args.tokens:
+            raw = read_token_file(args.tokens)
+        else:
+            raw = tokenizer.encode(prompt_text(args)).ids
         ids = validate_tokens(raw, cfg, args.max_new_tokens)
         send_message(
             sock,
@@ -190,7 +209,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m mpc.client", description=__doc__.split("\n")[0]
     )
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--prompt", help="prompt text (tokenized with the server's tokenizer)")
+    source.add_argument(
+        "--prompt",
+        help="prompt text (tokenized with the server's tokenizer); visible to local users in "
+        "`ps`: use --prompt-file for a private prompt",
+    )
+    source.add_argument(
+        "--prompt-file", help="file holding the prompt text, '-' for standard input (private)"
+    )
     source.add_argument("--tokens", help="file of token ids (JSON list or whitespace-separated)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=7000)

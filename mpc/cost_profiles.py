@@ -8,7 +8,7 @@ formula built on them follows. `mpc.costmodel.predict_costs` walks the model wit
 
 Logging rules everything below rests on (each party, each call = 1 round):
     all_reduce of n elements (a batched opening of masked values): 2 n elements = 16 n B;
-    reduce to one party (reveal with dst) of n elements: n elements = 8 n B, on both ranks;
+    send / recv of n elements (a reveal to one party, `mpc.reveal`): n elements = 8 n B, on both;
     TTP dealer (rank 0 only): send_obj(request dict) logs sys.getsizeof(dict) B, recv_obj(result
     size) logs sys.getsizeof(torch.Size) B, broadcast(result share) logs 8 n B: 3 rounds.
 The TFP dealer makes every triple inside party 0 and logs nothing. Truncation after a fixed-point
@@ -91,7 +91,8 @@ class CrypTenProfile:
         return Cost(16 * sum(numel(s) for s in shapes), 1)
 
     def reveal_to_one(self, shape: Shape) -> Cost:
-        """get_plain_text(dst=...): one reduce; sender and receiver both log 8 B per element."""
+        """`mpc.reveal.reveal_to`: the sender's share, one way; the sender's `send` and the
+        receiver's `recv` each log 8 B per element, one round (what CrypTen's reduce logged)."""
         return Cost(8 * numel(shape), 1)
 
     def dealer_request(self, result: Shape) -> Cost:

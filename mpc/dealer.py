@@ -36,7 +36,7 @@ from mpc.protocol import (
     send_message,
     short_repr,
 )
-from mpc.weight_masks import sweep_mask_stores
+from mpc.weight_masks import create_mask_store, sweep_mask_stores
 
 DEFAULT_MAX_CONCURRENT = 8  # one dealer may serve several servers
 
@@ -145,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--max-concurrent must be at least 1 and --timeout positive")
     sweep_mask_stores()  # weight masks left by dealers that died
     try:
+        create_mask_store(os.getpid())  # private (0700 / 0600), in RAM where /dev/shm has room
         return Dealer(args).serve()
     finally:
         sweep_mask_stores(own_pid=os.getpid())

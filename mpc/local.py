@@ -62,10 +62,16 @@ class LocalParties:
         )
 
     def client(
-        self, *args: str, timeout_s: float = 3600, check: bool = True, name: str = "client"
+        self,
+        *args: str,
+        timeout_s: float = 3600,
+        check: bool = True,
+        name: str = "client",
+        stdin: str | None = None,
     ) -> dict | str:
-        """Run the client program; the parsed JSON record, or its stderr when check is False.
-        Concurrent clients need distinct `name`s (their JSON records are LOGS/NAME.json)."""
+        """Run the client program (`stdin` is its standard input); the parsed JSON record, or
+        its stderr when check is False. Concurrent clients need distinct `name`s (their JSON
+        records are LOGS/NAME.json)."""
         out = self.logs / f"{name}.json"
         out.unlink(missing_ok=True)
         command = self.program(
@@ -80,7 +86,9 @@ class LocalParties:
             *args,
         )
         try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
+            done = subprocess.run(
+                command, input=stdin, capture_output=True, text=True, timeout=timeout_s
+            )
         except subprocess.TimeoutExpired:
             raise PeerError(f"the client did not finish within {timeout_s:.0f} s") from None
         if not check:

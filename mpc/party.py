@@ -3,7 +3,8 @@
 Each session starts CrypTen on a fresh torch.distributed group (gloo over TCP), checks that both
 parties hold the same public model, shares the server's weights and the client's one-hot prompt,
 runs the one forward pass of `models.gpt` on the shares, and reveals the logits to the client only
-(`get_plain_text(dst=CLIENT)`). Nothing is ever decrypted to compute on in plaintext.
+(`mpc.reveal.reveal_to`: the server sends its share, nothing travels back). Nothing is ever
+decrypted to compute on in plaintext.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from mpc.measure import (
 )
 from mpc.ops import CryptenOps
 from mpc.protocol import PeerError, ProtocolError, PublicModel
+from mpc.reveal import reveal_to
 from mpc.secure_model import (
     CLIENT,
     SERVER,
@@ -294,7 +296,7 @@ def run_queries(
                     x = crypten.cryptensor(plain, src=CLIENT)
                 logits = model(x, last_only=not spec.all_positions)
                 with recorder.measure(GLOBAL_LAYER, "reveal"):
-                    revealed = logits.get_plain_text(dst=CLIENT)  # None on the server
+                    revealed = reveal_to(logits, CLIENT, crypten)  # None on the server
         total = recorder.total()
         result.steps.append(
             {

@@ -12,6 +12,8 @@ What one party's transcript holds, in the order things happened:
   it got from the dealer).
 - "cryptensor": this party's own share of every CrypTensor created with a `src` (the client's
   one-hot prompt, the server's weights).
+- "wire": every low-level `torch.distributed` call with its buffers before and after
+  (`tests.wire_recorder`): what the process received and what its memory holds, assuming nothing.
 
 Installed by `tests.curious_server` / `tests.curious_client` at import time; the transcript of a
 session goes to `torch.save` at the path in `CURIOUS_TRANSCRIPT` when the session ends.
@@ -30,6 +32,7 @@ import torch
 from torch.distributed import ReduceOp
 
 from mpc.compat import import_crypten
+from tests.wire_recorder import install_wire_hooks
 
 EVENTS: list[dict[str, Any]] = []
 _draws: list[torch.Tensor] | None = None  # plaintext ring elements of the provider call under way
@@ -67,7 +70,10 @@ def _other_share(sent: torch.Tensor, opened: torch.Tensor, op: Any) -> torch.Ten
 
 def _reduction(call: dict, result: Any, rank: int, dst: int | None) -> dict:
     sent = [_plain(t) for t in _as_list(call["input"])]
-    if dst is not None and dst != rank:  # we only sent our share
+    # A reduce towards the other party: this view assumes we only sent our share. What gloo
+    # really left in our buffer is recorded one level down (tests.wire_recorder): that is how
+    # the old reveal's leak (half the logits held by the server) was found.
+    if dst is not None and dst != rank:
         return {"sent": sent, "received": [], "opened": []}
     opened = [_plain(t) for t in _as_list(result)]
     received = [_other_share(s, o, call["op"]) for s, o in zip(sent, opened, strict=True)]
@@ -224,6 +230,7 @@ def install() -> None:
             _record_draws(module, name)
     _record_weight_masks()
     _record_cryptensors(crypten)
+    install_wire_hooks(EVENTS)
     _installed = True
 
 

@@ -61,7 +61,12 @@ def started(folder: Path, name: str, command: list[str], transcript: Path | None
 
 
 def run_curious_session(
-    checkpoint: Path, dealer: str, ids: list[int], folder: Path, protocol: str = "stock"
+    checkpoint: Path,
+    dealer: str,
+    ids: list[int],
+    folder: Path,
+    protocol: str = "stock",
+    all_positions: bool = False,
 ) -> dict:
     """One query between a curious server and a curious client under a protocol profile; the
     client's JSON record."""
@@ -84,7 +89,7 @@ def run_curious_session(
         client_command = [
             *python, "tests.curious_client", "--host", HOST, "--port", str(port),
             "--tokens", str(folder / "prompt.json"), "--json-out", str(folder / "client.json"),
-            *timeout,
+            *timeout, *(["--all-positions"] if all_positions else []),
         ]  # fmt: skip
         env = {**os.environ, "CURIOUS_TRANSCRIPT": str(folder / "client.pt")}
         done = subprocess.run(
@@ -96,15 +101,18 @@ def run_curious_session(
     return json.loads((folder / "client.json").read_text())
 
 
-@pytest.fixture(scope="module", params=["ttp", "tfp", "ttp-optimized"])
+@pytest.fixture(
+    scope="module", params=["ttp", "tfp", "ttp-optimized", "ttp-stock-all", "ttp-optimized-all"]
+)
 def session(request, tiny_checkpoints, tiny_data, tmp_path_factory) -> dict:
     """The optimized profile adds weight masks (the client holds D, the server B, only X - A is
-    opened) and packed comparisons: the same attacks must fail, and pooling must still work."""
-    dealer, _, protocol = request.param.partition("-")
+    opened) and packed comparisons: the same attacks must fail, and pooling must still work.
+    "-all" reveals every position's logits to the client (as `mpc.accuracy` does)."""
+    dealer, protocol, positions = (request.param.split("-") + ["stock", "last"])[:3]
     folder = tmp_path_factory.mktemp(f"curious-{request.param}")
     ids = [int(t) for t in tiny_data.val[200 : 200 + PROMPT_LENGTH]]
     checkpoint = tiny_checkpoints["baseline"]
-    record = run_curious_session(checkpoint, dealer, ids, folder, protocol or "stock")
+    record = run_curious_session(checkpoint, dealer, ids, folder, protocol, positions == "all")
     load = lambda name: torch.load(folder / f"{name}.pt", weights_only=True)["events"]
     return {"dealer": dealer, "ids": ids, "record": record, "checkpoint": checkpoint,
             "server": load("server"), "client": load("client")}  # fmt: skip
@@ -269,3 +277,65 @@ def test_server_never_receives_the_plaintext_input_or_logits(session):
         )
     revealed = [e for e in session["server"] if e.get("method") == "reduce" and e["received"]]
     assert not revealed, "the server received the client's share of a value revealed to the client"
+
+
+# --- the server's memory, as recorded below CrypTen (tests.wire_recorder) -------------------------
+
+
+def ring_buffers(events: list[dict]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """(held, own): every int64 buffer of the server's torch.distributed calls after each call
+    completed (what it received and what its memory holds), and before (what it put in: its own
+    shares). Ring elements are int64; pickled objects and sizes travel as int8 / int32."""
+    wire = [e for e in events if e["kind"] == "wire"]
+    pick = lambda key: [t for e in wire for t in e[key] if t.dtype == torch.int64 and t.numel()]
+    return pick("after"), pick("before")
+
+
+def matches(ring: torch.Tensor, targets: torch.Tensor) -> int:
+    """How many elements of `ring` (rows of the targets' width, aligned as the revealed tensor is
+    laid out) equal the target at the same position, compared as exact ring integers: the client
+    decodes the sum of the shares exactly, so a leaked element is that very integer. Targets near
+    zero (|x| < 2^-10) are left out: buffers of bits or small public integers would match them
+    by chance, whereas a uniform ring element equals a given integer with probability 2^-64."""
+    width = targets.shape[-1]
+    encoded = torch.round(targets * SCALE).long()  # (K, V)
+    rows = ring.reshape(-1, width)  # (R, V)
+    same = rows[:, None] == encoded[None]  # (R, K, V)
+    return int((same & (encoded.abs() >= SCALE / 1024)[None]).sum())
+
+
+def hot_matches(ring: torch.Tensor, ids: list[int], vocab: int) -> int:
+    """How many prompt tokens a (.., T, V) buffer gives away: position (t, ids[t]) holds the
+    fixed-point 1 exactly."""
+    length = len(ids)
+    rows = ring.reshape(-1, length, vocab)  # (N, T, V)
+    hot = rows[:, torch.arange(length), torch.tensor(ids)]  # (N, T)
+    return int((hot == int(SCALE)).sum())
+
+
+def test_server_memory_holds_no_logit_and_no_share_that_completes_one(session):
+    """Whatever each collective left in the server's buffers, alone or added to (or subtracted
+    from) anything the server itself put on the wire, must give no logit element and no prompt
+    token. This is what the reveal to the client must guarantee however it is implemented."""
+    if session["dealer"] == "tfp":
+        pytest.skip("tfp: the server is the dealer and sees everything (labelled INSECURE)")
+    ids, record = session["ids"], session["record"]
+    vocab = len(record["logits"][0][0])
+    logits = torch.tensor(record["logits"]).double().reshape(-1, vocab)  # (K, V)
+    held, own = ring_buffers(session["server"])
+    assert held, "no low-level buffers were recorded in the server"
+    leaks = []
+    for buffer in held:
+        if buffer.numel() % vocab:
+            continue
+        candidates = [("held", buffer)]
+        if buffer.shape[-1] == vocab:  # a share of output rows: try completing it with ours
+            candidates += [(f"held{sign}own", buffer + sign * mine) for mine in own
+                           if mine.shape == buffer.shape for sign in (1, -1)]  # fmt: skip
+        for how, value in candidates:
+            found = matches(value, logits)
+            if value.numel() % (len(ids) * vocab) == 0:
+                found += hot_matches(value, ids, vocab)
+            if found:
+                leaks.append(f"{how} {tuple(buffer.shape)}: {found} element(s)")
+    assert not leaks, f"{session['dealer']}: the server's memory gives away output: {leaks[:5]}"

@@ -87,18 +87,33 @@ def parsed(module_name: str, argv: list[str]) -> argparse.Namespace:
     return caught.value.args[0]
 
 
-def test_three_services_on_a_private_network_by_name_only():
-    assert set(SERVICES) == {"dealer", "server", "client"}
+PARTIES = ("dealer", "server", "client")
+
+
+def mount(service: str) -> tuple[Path, str]:
+    """(host folder, container folder) of a service's one volume, compose defaults filled in."""
+    (volume,) = SERVICES[service]["volumes"]
+    source, target = interpolate(volume).split(":")
+    return (DOCKER / source).resolve(), target
+
+
+def test_three_parties_on_a_private_network_by_name_only():
+    assert set(SERVICES) == {*PARTIES, "report"}
     assert COMPOSE["networks"]["mpc"].get("internal") is True
     text = (DOCKER / "compose.yaml").read_text()
     assert not re.search(r"\b\d{1,3}(\.\d{1,3}){3}\b", text), "an IP address is hard-coded"
-    for name, service in SERVICES.items():
+    assert SERVICES["report"]["network_mode"] == "none", "the report talks to no one"
+    for name in PARTIES:
+        service = SERVICES[name]
         assert service["networks"] == ["mpc"], name
         assert service["build"]["context"] == ".."
         assert (DOCKER / service["build"]["context"] / service["build"]["dockerfile"]).is_file()
         assert service["environment"]["GLOO_SOCKET_IFNAME"] == "eth0"
     assert SERVICES["server"]["depends_on"] == ["dealer"]
     assert SERVICES["client"]["depends_on"] == ["server"]
+    assert SERVICES["report"]["depends_on"] == {
+        "client": {"condition": "service_completed_successfully"}
+    }
     for variable, default in DEFAULTS.items():
         assert f"${{{variable}:-{default}}}" in text, variable
 
@@ -107,10 +122,12 @@ def test_programs_exist_and_accept_their_flags():
     runs = {service: programs(service) for service in SERVICES}
     assert [module for module, _ in runs["dealer"]] == ["mpc.dealer"]
     assert [module for module, _ in runs["server"]] == ["mpc.server"]
-    assert [module for module, _ in runs["client"]] == ["mpc.client", "bench.collect"]
-    dealer, server, client = (parsed(*runs[s][0]) for s in ("dealer", "server", "client"))
-    collect = parsed(*runs["client"][1])
-    assert collect.folder == "$out" and collect.preset == server.preset
+    assert [module for module, _ in runs["client"]] == ["mpc.client"]
+    assert [module for module, _ in runs["report"]] == ["bench.collect"]
+    dealer, server, client, collect = (
+        parsed(*runs[s][0]) for s in ("dealer", "server", "client", "report")
+    )
+    assert collect.preset == server.preset
     # Hosts are service names; ports agree with each other and with what each service exposes.
     assert (dealer.host, server.host, client.host) == ("dealer", "server", "server")
     assert server.dealer_address == f"dealer:{dealer.port}"
@@ -120,14 +137,17 @@ def test_programs_exist_and_accept_their_flags():
     assert (server.random_arch, server.preset, server.dealer) == ("baseline", "tiny", "ttp")
     assert server.max_queries == dealer.max_sessions == 1, "server and dealer stop after the run"
     assert client.timeout >= 300, "the client retries its connection while the server starts"
-    # Results land in the mounted folder, the repository's results/.
-    for name in ("server", "client"):
-        (volume,) = SERVICES[name]["volumes"]
-        source, target = volume.split(":")
-        assert (DOCKER / source).resolve() == ROOT / "results" and target == "/app/results"
-    assert server.measure_dir.startswith("/app/results/")
-    assert client.json_out.startswith("$out/")
-    assert 'out="/app/results/' in SERVICES["client"]["command"][2]
+    # Each party writes into its own mounted folder: the server's container never sees the
+    # client's prompt ids and logits. The report reads both from the run folder above them.
+    run = ROOT / "results" / "docker" / "baseline-tiny"
+    assert (
+        mount("server") == (run / "server", "/app/results") == (run / "server", server.measure_dir)
+    )
+    assert mount("client") == (run / "client", "/app/results")
+    assert client.json_out.startswith("/app/results/client-")
+    assert "volumes" not in SERVICES["dealer"], "the dealer keeps nothing"
+    source, target = mount("report")
+    assert source == ROOT / "results" and collect.folder == f"{target}/docker/baseline-tiny"
 
 
 def dockerfile_steps() -> list[tuple[str, str]]:
@@ -177,11 +197,18 @@ def test_compose_commands_run_end_to_end_in_namespaces(tmp_path):
     results = tmp_path / "results"
     path = f"{Path(sys.executable).parent}:{os.environ['PATH']}"  # `python` is this one
 
+    def service_argv(service: str) -> list[str]:
+        """The service's command with its mount's container folder replaced by a host one."""
+        argv = [interpolate(p) for p in SERVICES[service]["command"]]
+        if "volumes" not in SERVICES[service]:
+            return argv
+        source, target = mount(service)
+        here = results / source.relative_to(ROOT / "results")
+        here.mkdir(parents=True, exist_ok=True)  # as docker creates a bind mount's folder
+        return [part.replace(target, str(here)) for part in argv]
+
     def command(service: str) -> list[str]:
-        argv = [
-            interpolate(p).replace("/app/results", str(results))
-            for p in SERVICES[service]["command"]
-        ]
+        argv = service_argv(service)
         namespace = topology.namespace(service)
         return [
             "ip",
@@ -212,9 +239,14 @@ def test_compose_commands_run_end_to_end_in_namespaces(tmp_path):
             for process in background:
                 process.kill()
                 process.wait()
+    argv = ["env", f"PATH={path}", *service_argv("report")]  # after the client: no network
+    report = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT)
+    assert report.returncode == 0, report.stderr
     folder = results / "docker" / "baseline-tiny"
+    assert {p.name for p in (folder / "server").iterdir()} == {"server-1.json"}
+    assert {p.name for p in (folder / "client").iterdir()} == {"client-1.json"}
     made = {p.name for p in folder.iterdir()}
-    assert {"client-1.json", "server-1.json", "results.csv", "summary.md", "plots"} <= made
+    assert {"client", "server", "results.csv", "summary.md", "plots"} <= made
     rows = pd.read_csv(folder / "results.csv")
     assert set(rows.party) == {"server", "client"} and set(rows.network) == {"docker"}
     assert (rows.bytes == rows.predicted_bytes).all()

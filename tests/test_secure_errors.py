@@ -71,6 +71,23 @@ def test_generation_must_fit_the_context(parties, tmp_path):
     assert "too long" in stderr and "7 generated token(s) must fit" in stderr
 
 
+def test_prompt_from_a_file_or_standard_input(parties, tmp_path, tiny_checkpoints):
+    """The private ways to give a prompt (a command line is visible in `ps`): both tokenize the
+    text exactly as --prompt would; an unreadable file is one line."""
+    from models.checkpoint import load_checkpoint
+    from models.data import tokenizer_from_json
+
+    text = "def fib(n):\n    return n"
+    tokenizer = tokenizer_from_json(load_checkpoint(tiny_checkpoints["baseline"]).tokenizer_json)
+    expected = tokenizer.encode(text).ids
+    path = tmp_path / "prompt.txt"
+    path.write_text(text)
+    assert parties.client("--prompt-file", str(path))["prompt_ids"] == expected
+    assert parties.client("--prompt-file", "-", stdin=text)["prompt_ids"] == expected
+    stderr = parties.client("--prompt-file", str(tmp_path / "missing.txt"), check=False)
+    assert stderr.count("\n") == 1 and "cannot read prompt file" in stderr, stderr
+
+
 def test_fingerprint_and_architecture_mismatch(parties):
     stderr = parties.client("--prompt", "x", "--expect-fingerprint", "deadbeef", check=False)
     assert "model fingerprint mismatch" in stderr
