@@ -20,8 +20,9 @@ from pathlib import Path
 from bench.run import Target, add_accuracy, add_predictions, rows_of_party, write_results
 from bench.schema import NETWORKS, ResultRow
 from models.checkpoint import random_checkpoint
-from models.cli import UserError, run_main
+from models.cli import run_main
 from models.config import PRESETS, ModelConfig
+from models.errors import UserError
 from mpc.approx import ApproxConfig
 
 

@@ -47,8 +47,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.schema import NETWORKS
-from models.cli import UserError, run_main
-from mpc.local import LocalParties, party_flags, start_parties
+from models.cli import run_main
+from models.errors import UserError
+from mpc.session.local import LocalParties, party_flags, start_parties
 
 PREFIX, PARTIES = "aeropi-", ("server", "client", "dealer")
 PARTY_IF, TUN_IF, DELAY_TABLE = "eth0", "delay", "97"
@@ -313,7 +314,7 @@ def shaped_network(network: Network | str) -> Iterator[Topology]:
 
 
 class ShapedParties(LocalParties):
-    """mpc.local.LocalParties with every party in its own namespace behind the router."""
+    """mpc.session.local.LocalParties with every party in its own namespace behind the router."""
 
     def __init__(self, topology: Topology, network: Network, logs: Path) -> None:
         super().__init__(topology.address("server"), CONTROL_PORT, logs)
@@ -353,7 +354,7 @@ def shaped_parties(
     logs: str | None = None,
 ) -> Iterator[ShapedParties]:
     """Dealer (ttp) and server running in their namespaces until the block ends: the programs and
-    flags of mpc.local.local_parties, plus `--measure-dir LOGS/measure` on the server."""
+    flags of mpc.session.local.local_parties, plus `--measure-dir LOGS/measure` on the server."""
     network = parse_network(network) if isinstance(network, str) else network
     folder = Path(logs or tempfile.mkdtemp(prefix="aero-pi-netns-"))
     (folder / "measure").mkdir(parents=True, exist_ok=True)

@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 
 from bench.schema import TOTAL, ResultRow, projected_seconds
-from models.cli import UserError
 from models.config import VARIANTS
+from models.errors import UserError
 
 BASELINE = "SM+LN+G"
 SETTING = ["preset", "backend", "protocol", "dealer", "network", "seq_len"]

@@ -11,7 +11,7 @@ Stages, each resumable (a variant whose record exists is skipped; records are wr
             protocol (`bench/run.py`, real server, client and dealer processes)
   accuracy  MPC vs plaintext logits, top-1 agreement, PPL under MPC (`mpc.accuracy`)
   shapes    the paper's exact shapes (12L T=128 / 256, 18L T=128, random weights): exact bytes
-            and rounds from `mpc.costmodel` (equal to measurements, tests prove it) beside the
+            and rounds from `mpc.cost.walk` (equal to measurements, tests prove it) beside the
             committed measurements; `--measure-paper-shapes` measures them too (hours on 2 cores)
   table     Table-4-layout CSV and markdown, findings with the paper's numbers, figures
 Checkpoints and per-variant records go to --work (default runs/reproduce-BUDGET, not committed);
@@ -36,8 +36,9 @@ from bench.environment import environment_record
 from bench.reproduce_budgets import BUDGETS, Budget
 from models.atomic import atomic_write_json, atomic_write_text
 from models.checkpoint import git_revision, load_checkpoint
-from models.cli import UserError, run_main
+from models.cli import run_main
 from models.config import expand_arch_names
+from models.errors import UserError
 
 STAGES = ("train", "entropy", "mpc", "accuracy", "shapes", "table")
 

@@ -1,7 +1,7 @@
 """Secure-inference cost at the paper's exact shapes (GPT-2 small width 768: 12 layers at T = 128
 and 256, 18 layers at T = 128) for the rows of its Table 4, with random weights.
 
-Bytes and rounds come from the exact analytic model (`mpc.costmodel.predict_costs`, equal to
+Bytes and rounds come from the exact analytic model (`mpc.cost.walk.predict_costs`, equal to
 CrypTen's counters in every category: tests/test_costmodel.py); rows measured with real parties
 (the committed GPT-2 results, or `measure=True`) sit beside them with source "measured", and each
 measured row carries the model's relative miss. Latency without a measurement is the
@@ -18,7 +18,7 @@ from bench.report import GROUP_OF, summary_table
 from bench.schema import NETWORKS, TOTAL
 from models.config import resolve_config
 from mpc.approx import ApproxConfig, with_profile
-from mpc.costmodel import predict_costs
+from mpc.cost.walk import predict_costs
 
 SHAPES = {  # name: (layers, T, FFNs pruned in SM+ScFuFFN+Prune: the paper's k)
     "12L T=128": (12, 128, 6),

@@ -29,11 +29,12 @@ from bench.environment import environment_record
 from bench.schema import NETWORKS, TOTAL, ResultRow, measured_rows
 from models.atomic import atomic_write_json, atomic_write_text
 from models.checkpoint import Checkpoint, load_checkpoint, random_checkpoint
-from models.cli import UserError, add_config_args, config_from_args, run_main
+from models.cli import add_config_args, config_from_args, run_main
 from models.config import expand_arch_names
+from models.errors import UserError
 from mpc.approx import add_approx_arguments, approx_from_arguments, profile_name
-from mpc.costmodel import predict_costs
-from mpc.local import local_parties
+from mpc.cost.walk import predict_costs
+from mpc.session.local import local_parties
 
 
 class Target:
@@ -246,10 +247,10 @@ def write_results(folder: Path, rows: list[ResultRow], config: dict, draw: bool)
     atomic_write_json(folder / "config.json", config)
     if draw:
         from bench.figures import draw_all
-        from bench.protocols import protocol_markdown
+        from bench.profiles import profile_markdown
         from bench.report import summary_markdown
 
-        comparison = protocol_markdown(frame)
+        comparison = profile_markdown(frame)
         summary = summary_markdown(frame) + (f"\n{comparison}\n" if comparison else "")
         atomic_write_text(folder / "summary.md", summary)
         draw_all(frame, folder / "plots")
@@ -350,9 +351,9 @@ def main(argv: list[str] | None = None) -> int:
     elif len(args.protocol or []) > 1:
         import pandas as pd
 
-        from bench.protocols import protocol_markdown
+        from bench.profiles import profile_markdown
 
-        print(protocol_markdown(pd.DataFrame([vars(row) for row in rows])))
+        print(profile_markdown(pd.DataFrame([vars(row) for row in rows])))
     return 0
 
 

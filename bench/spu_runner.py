@@ -25,9 +25,9 @@ import time
 from pathlib import Path
 
 from bench.schema import TOTAL, ResultRow, measured_rows
-from models.cli import UserError
-from mpc.local import free_port
-from mpc.spu.settings import protocol_label, settings_for_backend
+from models.errors import UserError
+from mpc.session.local import free_port
+from mpc.spu.settings import settings_for_backend, settings_label
 
 
 def spu_available() -> str | None:
@@ -117,7 +117,7 @@ def measure_spu_target(args, target, seq_len: int, run_id: str, backend: str) ->
         preset=args.preset,
         weights=target.weights,
         backend=backend,
-        protocol=protocol_label(settings),
+        protocol=settings_label(settings),
         dealer=settings.dealer,
         network="loopback",
         seq_len=seq_len,

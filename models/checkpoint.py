@@ -16,12 +16,13 @@ import torch
 
 from models.atomic import atomic_write
 from models.config import ConfigError, ModelConfig
+from models.errors import UserError
 from models.gpt import GPT
 
 FORMAT = "aero-pi-checkpoint/1"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that is missing, corrupt, or does not match its config."""
 
 

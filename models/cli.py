@@ -8,12 +8,9 @@ import sys
 from collections.abc import Callable
 
 from models.config import PRESETS, ModelConfig, resolve_config
+from models.errors import UserError
 
 EXIT_USER_ERROR = 2
-
-
-class UserError(Exception):
-    """Base for every failure caused by input or environment, reported as one line."""
 
 
 def add_config_args(
@@ -35,6 +32,16 @@ def add_config_args(
     )
 
 
+def parse_bool(text: str) -> bool:
+    """The one spelling of a boolean flag value: true/false, yes/no, on/off, 1/0 (any case);
+    anything else is an error, never a silent False."""
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
 def parse_overrides(pairs: list[str]) -> dict:
     """FIELD=VALUE strings typed by each field's declared type."""
     types = {f.name: type(f.default) for f in dataclasses.fields(ModelConfig)}
@@ -46,13 +53,10 @@ def parse_overrides(pairs: list[str]) -> dict:
                 f"--set {pair!r}: expected FIELD=VALUE, FIELD one of {sorted(types)}"
             )
         kind = types[name]
-        if kind is bool:
-            overrides[name] = text.lower() in ("1", "true", "yes", "on")
-        else:
-            try:
-                overrides[name] = kind(text)
-            except ValueError:
-                raise argparse.ArgumentTypeError(f"--set {pair!r}: not a {kind.__name__}") from None
+        try:
+            overrides[name] = parse_bool(text) if kind is bool else kind(text)
+        except (ValueError, argparse.ArgumentTypeError):
+            raise argparse.ArgumentTypeError(f"--set {pair!r}: not a {kind.__name__}") from None
     return overrides
 
 
@@ -62,20 +66,9 @@ def config_from_args(args: argparse.Namespace, arch: str | None = None) -> Model
 
 def run_main(main: Callable[[], int]) -> int:
     """Run a command's main; any expected failure becomes one line on stderr and a non-zero exit."""
-    from models.checkpoint import CheckpointError
-    from models.config import ConfigError
-    from models.data import DataError
-
     try:
         return main()
-    except (
-        UserError,
-        ConfigError,
-        CheckpointError,
-        DataError,
-        argparse.ArgumentTypeError,
-        OSError,
-    ) as error:
+    except (UserError, argparse.ArgumentTypeError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:

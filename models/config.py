@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from models.errors import UserError
+
 NORMS = ("layernorm", "none")
 FFN_ACTIVATIONS = ("gelu", "relu", "identity")
 FFN_FORMS = ("standard", "fused")
@@ -20,7 +22,7 @@ FFN_WEIGHT_NORMS = ("none", "weight", "spectral")
 ENTROPY_REDUCTIONS = ("sum", "mean")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config or architecture name that cannot be built."""
 
 

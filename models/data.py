@@ -21,11 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models.errors import UserError
+
 EOT = "<|endoftext|>"
 VAL_PERCENT = 5  # files whose path hash falls below this percentage go to validation
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A corpus or prepared-data folder that cannot be used."""
 
 

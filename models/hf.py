@@ -5,13 +5,14 @@ from __future__ import annotations
 import torch
 
 from models.config import ModelConfig
+from models.errors import UserError
 from models.gpt import GPT
 
 # HF keys this model has no use for: causal-mask buffers of old versions, and the tied LM head.
 _IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", "lm_head.weight")
 
 
-class HFWeightsError(ValueError):
+class HFWeightsError(UserError, ValueError):
     """A GPT-2 state dict that does not fit the requested config."""
 
 

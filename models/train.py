@@ -33,9 +33,10 @@ from models.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from models.cli import UserError, add_config_args, config_from_args, run_main
+from models.cli import add_config_args, config_from_args, run_main
 from models.data import PreparedData, prepare_data
 from models.entropy import head_entropies
+from models.errors import UserError
 from models.gpt import GPT
 
 EXIT_DIVERGED = 3

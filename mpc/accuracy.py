@@ -23,8 +23,8 @@ from models.atomic import atomic_write_text
 from models.checkpoint import load_checkpoint
 from models.cli import run_main
 from models.data import data_of_checkpoint
-from mpc.approx import PROTOCOL_PROFILES
-from mpc.local import local_parties
+from mpc.approx import PROFILES
+from mpc.session.local import local_parties
 
 
 def held_out_windows(meta: dict, vocab: int, data_dir: str, count: int, length: int):
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--protocol",
         nargs="+",
-        choices=list(PROTOCOL_PROFILES),
+        choices=list(PROFILES),
         default=["stock"],
         help="protocol profiles to measure, one after another on the same prompts",
     )

@@ -3,8 +3,8 @@
 An `ApproxConfig` is recorded with every run and is part of the parties' handshake fingerprint, so
 its fields are JSON scalars only. `apply_to_crypten` writes it into `crypten.cfg` key by key:
 `crypten.init(config_file=...)` would replace CrypTen's whole config, dropping every other key.
-Defaults are the settings measured accurate on trained GPT-2-like models
-(`/work/shared/notes/crypten.md`); the measured error of each op is in `mpc.ops`.
+Defaults are the settings measured accurate on trained GPT-2-like models; the measured error of
+each form is in its docstring in `mpc.forms`.
 """
 
 from __future__ import annotations
@@ -16,13 +16,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from models.cli import parse_bool
 from models.config import JsonConfig
+from models.errors import UserError
 from mpc.compat import import_crypten
+from mpc.forms import form_names
 
 RECIPROCAL_METHODS = ("NR", "log")
 SIGMOID_TANH_METHODS = ("reciprocal", "chebyshev")
-GELU_FORMS = ("tanh", "erf", "poly")
-SOFTMAX_FORMS = ("stock", "tree", "max_free")
+GELU_FORMS = form_names("gelu")  # the registry (mpc.forms) is the one list of forms
+SOFTMAX_FORMS = form_names("softmax")
 COMPARISONS = ("stock", "packed")
 POSITIVE_INT_FIELDS = (
     "precision_bits",
@@ -42,7 +45,7 @@ MAX_PRECISION_BITS = 20
 MAX_SOFTMAX_LOGIT_BOUND = 4.0
 
 
-class ApproxError(ValueError):
+class ApproxError(UserError, ValueError):
     """An approximation setting that cannot be used (or does not match CrypTen's state)."""
 
 
@@ -71,8 +74,8 @@ class ApproxConfig(JsonConfig):
     # Max-free softmax only: accurate when each row's max logit lies in [-b, b]. The window is
     # narrow because 16 fraction bits give exp and reciprocal ~2^16 of dynamic range.
     softmax_logit_bound: float = 2.5
-    # Protocol knobs (mpc.fast_beaver, mpc.weight_masks, mpc.fast_compare): the same numbers,
-    # fewer bytes, rounds or seconds. PROTOCOL_PROFILES names the two standard settings.
+    # Protocol knobs (mpc.optimized: beaver, weight_masks, packed_compare): the same numbers,
+    # fewer bytes, rounds or seconds. PROFILES names the two standard settings.
     weight_masks: bool = False  # share each weight once per model; queries open only X - A
     fast_matmul: bool = False  # exact int64 products through float64 BLAS (CPU time only)
     comparison: str = "stock"  # "packed": carry-only, bit-sliced less-than-zero (~4.7x fewer B)
@@ -121,7 +124,7 @@ class ApproxConfig(JsonConfig):
 
 
 # The protocol knobs of each named profile; "stock" is CrypTen 0.4.1 as shipped.
-PROTOCOL_PROFILES: dict[str, dict[str, Any]] = {
+PROFILES: dict[str, dict[str, Any]] = {
     "stock": {
         "weight_masks": False,
         "fast_matmul": False,
@@ -140,9 +143,9 @@ PROTOCOL_PROFILES: dict[str, dict[str, Any]] = {
 def with_profile(approx: ApproxConfig, profile: str) -> ApproxConfig:
     """`approx` with the protocol knobs of a named profile (a max-free softmax is kept: it is an
     approximation choice, available under both profiles)."""
-    if profile not in PROTOCOL_PROFILES:
-        raise ApproxError(f"unknown protocol profile {profile!r}; choose {list(PROTOCOL_PROFILES)}")
-    knobs = dict(PROTOCOL_PROFILES[profile])
+    if profile not in PROFILES:
+        raise ApproxError(f"unknown protocol profile {profile!r}; choose {list(PROFILES)}")
+    knobs = dict(PROFILES[profile])
     if approx.softmax_form == "max_free":
         knobs.pop("softmax_form")
     return approx.replace(**knobs)
@@ -150,20 +153,12 @@ def with_profile(approx: ApproxConfig, profile: str) -> ApproxConfig:
 
 def profile_name(approx: ApproxConfig) -> str:
     """ "stock" or "optimized" when every protocol knob matches that profile, else "custom"."""
-    for name, knobs in PROTOCOL_PROFILES.items():
+    for name, knobs in PROFILES.items():
         relevant = {k: v for k, v in knobs.items() if k != "softmax_form"}
         softmax_ok = approx.softmax_form in (knobs["softmax_form"], "max_free")
         if softmax_ok and all(getattr(approx, k) == v for k, v in relevant.items()):
             return name
     return "custom"
-
-
-def parse_bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def add_approx_arguments(parser: argparse.ArgumentParser, many_protocols: bool = False) -> None:
@@ -173,7 +168,7 @@ def add_approx_arguments(parser: argparse.ArgumentParser, many_protocols: bool =
     group = parser.add_argument_group("approximations and protocol (mpc.approx.ApproxConfig)")
     group.add_argument(
         "--protocol",
-        choices=list(PROTOCOL_PROFILES),
+        choices=list(PROFILES),
         nargs="+" if many_protocols else None,
         help="protocol profile(s) (default: stock, CrypTen as shipped)",
     )
@@ -197,7 +192,7 @@ def approx_from_arguments(args: argparse.Namespace, profile: str | None = None) 
         profile = args.protocol
     if profile is None:
         return approx
-    knobs = {k: v for k, v in PROTOCOL_PROFILES[profile].items() if given.get(k) is None}
+    knobs = {k: v for k, v in PROFILES[profile].items() if given.get(k) is None}
     if approx.softmax_form == "max_free":
         knobs.pop("softmax_form", None)
     return approx.replace(**knobs)

@@ -21,15 +21,14 @@ import sys
 from pathlib import Path
 
 from models.atomic import atomic_write_json
-from models.cli import UserError, run_main
-from models.config import ConfigError, ModelConfig, canonical_arch
+from models.cli import run_main
+from models.config import ConfigError, ModelConfig
 from models.data import tokenizer_from_json
-from mpc.party import SessionSpec, native_stderr_to_file, run_party
-from mpc.protocol import (
-    PROTOCOL_VERSION,
-    TRUST_LABELS,
-    ProtocolError,
-    PublicModel,
+from models.errors import UserError
+from mpc.roles import CLIENT
+from mpc.session.control import (
+    CONTROL_VERSION,
+    ControlError,
     ServerBusy,
     connect,
     one_line,
@@ -37,7 +36,9 @@ from mpc.protocol import (
     send_message,
     short_repr,
 )
-from mpc.secure_model import CLIENT
+from mpc.session.guards import native_stderr_to_file
+from mpc.session.party import SessionSpec, run_party
+from mpc.session.public_model import PublicModel, accept_description
 
 EXIT_BUSY = 75  # sysexits' EX_TEMPFAIL: "try again later"
 
@@ -94,28 +95,13 @@ def validate_tokens(raw: list, cfg: ModelConfig, new_tokens: int) -> list[int]:
 
 
 def check_public_model(hello: dict, expect_fingerprint: str | None, expect_arch: str | None):
-    if hello.get("version") != PROTOCOL_VERSION:
-        raise ProtocolError(
-            f"server speaks protocol {hello.get('version')!r}, client {PROTOCOL_VERSION}"
+    if hello.get("version") != CONTROL_VERSION:
+        raise ControlError(
+            f"server speaks protocol {hello.get('version')!r}, client {CONTROL_VERSION}"
         )
-    public = PublicModel.from_dict(hello.get("public"))
-    fingerprint = public.fingerprint()
-    if fingerprint != hello.get("fingerprint"):
-        raise ProtocolError(
-            "model fingerprint mismatch: the server's description does not hash "
-            "to the fingerprint it announced"
-        )
-    if expect_fingerprint and not fingerprint.startswith(expect_fingerprint.lower()):
-        raise ProtocolError(
-            f"model fingerprint mismatch: server offers {fingerprint[:12]}, "
-            f"expected {expect_fingerprint[:12]}"
-        )
-    if expect_arch and canonical_arch(expect_arch) != public.config.get("arch"):
-        raise ProtocolError(
-            f"model mismatch: server offers {public.config.get('arch')}, "
-            f"expected {canonical_arch(expect_arch)}"
-        )
-    return public
+    return accept_description(
+        hello.get("public"), hello.get("fingerprint"), "crypten", expect_fingerprint, expect_arch
+    )
 
 
 def model_of(public: PublicModel):
@@ -124,19 +110,19 @@ def model_of(public: PublicModel):
     try:
         cfg = ModelConfig.from_dict(public.config)
     except (ConfigError, TypeError, ValueError) as error:
-        raise ProtocolError(f"the server's model config is invalid ({one_line(error)})") from None
+        raise ControlError(f"the server's model config is invalid ({one_line(error)})") from None
     if not public.tokenizer_json:
         return cfg, None
     try:
         return cfg, tokenizer_from_json(public.tokenizer_json)
     except Exception as error:  # the tokenizers library raises its own exception types
-        raise ProtocolError(f"the server's tokenizer is invalid ({one_line(error)})") from None
+        raise ControlError(f"the server's tokenizer is invalid ({one_line(error)})") from None
 
 
 def mpc_port_of(accept: dict) -> int:
     port = accept.get("mpc_port")
     if type(port) is not int or not 0 < port < 65536:
-        raise ProtocolError("the server's accept message has no valid MPC port")
+        raise ControlError("the server's accept message has no valid MPC port")
     return port
 
 
@@ -158,7 +144,7 @@ def query(args: argparse.Namespace) -> dict:
             sock,
             {
                 "type": "request",
-                "version": PROTOCOL_VERSION,
+                "version": CONTROL_VERSION,
                 "fingerprint": public.fingerprint(),
                 "prompt_length": len(ids),
                 "new_tokens": args.max_new_tokens,
@@ -193,8 +179,8 @@ def query(args: argparse.Namespace) -> dict:
         "arch": cfg.arch,
         "fingerprint": public.fingerprint(),
         "dealer": public.dealer,
-        "trust": TRUST_LABELS[public.dealer],
-        "approx": public.approx,
+        "trust": public.trust,
+        "approx": public.settings,
         "config": public.config,
         "prompt_ids": ids,
         "generated_ids": result.tokens,

@@ -21,12 +21,13 @@ import socket
 import sys
 import threading
 
-from models.cli import UserError, run_main
-from mpc.party import run_dealer
-from mpc.protocol import (
+from models.cli import run_main
+from models.errors import UserError
+from mpc.optimized.mask_store import create_mask_store, sweep_mask_stores
+from mpc.session.control import (
     BUSY,
-    PROTOCOL_VERSION,
-    ProtocolError,
+    CONTROL_VERSION,
+    ControlError,
     ServerBusy,
     accept_until,
     listen,
@@ -36,24 +37,24 @@ from mpc.protocol import (
     send_message,
     short_repr,
 )
-from mpc.weight_masks import create_mask_store, sweep_mask_stores
+from mpc.session.party import run_dealer
 
 DEFAULT_MAX_CONCURRENT = 8  # one dealer may serve several servers
 
 
 def validate_booking(message: dict) -> tuple[str, int, float]:
-    if message.get("version") != PROTOCOL_VERSION:
-        raise ProtocolError(
+    if message.get("version") != CONTROL_VERSION:
+        raise ControlError(
             f"protocol version {short_repr(message.get('version'))}, "
-            f"dealer speaks {PROTOCOL_VERSION}"
+            f"dealer speaks {CONTROL_VERSION}"
         )
     host, port, timeout = message.get("host"), message.get("port"), message.get("timeout_s")
     if not isinstance(host, str) or not 0 < len(host) <= 255 or not host.isprintable():
-        raise ProtocolError("session booking needs a host and a port")
+        raise ControlError("session booking needs a host and a port")
     if type(port) is not int or not 0 < port < 65536:
-        raise ProtocolError("session booking needs a host and a port")
+        raise ControlError("session booking needs a host and a port")
     if type(timeout) not in (int, float) or not 0 < timeout <= 3600:
-        raise ProtocolError("session booking needs a timeout in (0, 3600] seconds")
+        raise ControlError("session booking needs a timeout in (0, 3600] seconds")
     return host, port, float(timeout)
 
 

@@ -19,7 +19,6 @@ import re
 import subprocess
 import time
 from collections import defaultdict
-from dataclasses import dataclass, fields
 from typing import Any
 
 from torch import nn
@@ -36,26 +35,13 @@ from models.gpt import (
     ScaledResidual,
     Softmax,
 )
+from mpc.cost.types import Cost
 
 CATEGORIES = (
     "embedding", "qkv_proj", "attn_qk", "scaling", "softmax", "attn_av", "out_proj", "layernorm",
     "ffn_linear", "gelu", "relu", "lm_head", "input_share", "reveal", "other",
 )  # fmt: skip
 GLOBAL_LAYER = -1  # embedding, final LayerNorm, LM head, input sharing, reveal
-
-
-@dataclass
-class Cost:
-    bytes: float = 0.0
-    rounds: float = 0.0
-    comm_s: float = 0.0
-    wall_s: float = 0.0
-    cpu_s: float = 0.0
-    calls: int = 0
-
-    def add(self, other: Cost, sign: float = 1.0) -> None:
-        for f in fields(self):
-            setattr(self, f.name, getattr(self, f.name) + sign * getattr(other, f.name))
 
 
 class CostRecorder:
@@ -85,30 +71,22 @@ class CostRecorder:
         try:
             yield
         finally:
-            inclusive = self._snapshot()
-            inclusive.add(start, -1.0)
-            exclusive = Cost()
-            exclusive.add(inclusive)
-            exclusive.add(self._children.pop(), -1.0)
-            exclusive.calls = 1
-            self.costs[(layer, category)].add(exclusive)
+            inclusive = self._snapshot() - start
+            exclusive = (inclusive - self._children.pop()).replace(calls=1)
+            self.costs[(layer, category)] += exclusive
             if self._children:
-                self._children[-1].add(inclusive)
+                self._children[-1] += inclusive
 
     def reset(self) -> None:
         self.costs.clear()
 
     def total(self) -> Cost:
         """The sum over every (layer, category): the whole measured span, as categories nest."""
-        total = Cost()
-        for cost in self.costs.values():
-            total.add(cost)
-        total.calls = 1
-        return total
+        return sum(self.costs.values(), Cost()).replace(calls=1)
 
     def rows(self) -> list[dict[str, Any]]:
         return [
-            {"layer": layer, "category": category, **vars(cost)}
+            {"layer": layer, "category": category, **cost.to_dict()}
             for (layer, category), cost in sorted(self.costs.items())
         ]
 

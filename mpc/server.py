@@ -24,16 +24,15 @@ import torch
 
 from models.atomic import atomic_write_json
 from models.checkpoint import load_checkpoint, random_checkpoint, save_checkpoint
-from models.cli import UserError, add_config_args, config_from_args, run_main
+from models.cli import add_config_args, config_from_args, run_main
+from models.errors import UserError
 from mpc.approx import ApproxConfig, add_approx_arguments, approx_from_arguments
-from mpc.party import SessionSpec, run_party
-from mpc.protocol import (
+from mpc.optimized.weight_masks import MaskSecret
+from mpc.session.control import (
     BUSY,
+    CONTROL_VERSION,
     DEFAULT_MAX_CONCURRENT,
-    PROTOCOL_VERSION,
-    TRUST_LABELS,
-    ProtocolError,
-    PublicModel,
+    ControlError,
     ServerBusy,
     accept_until,
     connect,
@@ -44,14 +43,15 @@ from mpc.protocol import (
     send_message,
     short_repr,
 )
-from mpc.secure_model import (
+from mpc.session.party import SessionSpec, run_party
+from mpc.session.public_model import PublicModel
+from mpc.session.secure_model import (
     SERVER,
     calibrate_layernorms,
     calibration_tokens,
     check_softmax_bound,
     inference_model,
 )
-from mpc.weight_masks import MaskSecret
 
 
 def describe_model(checkpoint_path: str, approx: ApproxConfig, dealer: str) -> PublicModel:
@@ -74,11 +74,13 @@ def describe_model(checkpoint_path: str, approx: ApproxConfig, dealer: str) -> P
         except ValueError as error:
             raise UserError(str(error)) from None
     return PublicModel(
+        backend="crypten",
         config=checkpoint.config.to_dict(),
-        approx=approx.to_dict(),
+        settings=approx.to_dict(),
         tokenizer_json=checkpoint.tokenizer_json,
-        layernorm_var_scales=scales,
         dealer=dealer,
+        layernorm_var_scales=scales,
+        weights=Path(checkpoint_path).name,
     )
 
 
@@ -88,24 +90,24 @@ REQUEST_FIELDS = {"type", "version", "fingerprint", "prompt_length", "new_tokens
 def validate_request(request: dict, public: PublicModel) -> tuple[int, int, bool]:
     """(prompt length, tokens to generate, all positions) of a well-formed request."""
     block_size = public.config["block_size"]
-    if request.get("version") != PROTOCOL_VERSION:
-        raise ProtocolError(
+    if request.get("version") != CONTROL_VERSION:
+        raise ControlError(
             f"protocol version {short_repr(request.get('version'))}, "
-            f"server speaks {PROTOCOL_VERSION}"
+            f"server speaks {CONTROL_VERSION}"
         )
     if unknown := sorted(set(request) - REQUEST_FIELDS):
-        raise ProtocolError(f"unknown request field(s) {short_repr(unknown)}")
+        raise ControlError(f"unknown request field(s) {short_repr(unknown)}")
     if request.get("fingerprint") != public.fingerprint():
-        raise ProtocolError("model fingerprint mismatch between server and client")
+        raise ControlError("model fingerprint mismatch between server and client")
     length, new_tokens = request.get("prompt_length"), request.get("new_tokens", 1)
     all_positions = request.get("all_positions", False)
     for name, value in (("prompt_length", length), ("new_tokens", new_tokens)):
         if type(value) is not int or value < 1:
-            raise ProtocolError(f"{name} must be a positive integer, got {short_repr(value)}")
+            raise ControlError(f"{name} must be a positive integer, got {short_repr(value)}")
     if not isinstance(all_positions, bool):
-        raise ProtocolError("all_positions must be true or false")
+        raise ControlError("all_positions must be true or false")
     if length + new_tokens - 1 > block_size:
-        raise ProtocolError(
+        raise ControlError(
             f"prompt of {length} tokens plus {new_tokens - 1} generated exceeds "
             f"the context of {block_size}"
         )
@@ -188,7 +190,7 @@ class Server:
                 sock,
                 {
                     "type": "session",
-                    "version": PROTOCOL_VERSION,
+                    "version": CONTROL_VERSION,
                     "host": my_host,
                     "port": port,
                     "timeout_s": self.args.timeout,
@@ -204,10 +206,10 @@ class Server:
                 conn,
                 {
                     "type": "hello",
-                    "version": PROTOCOL_VERSION,
+                    "version": CONTROL_VERSION,
                     "public": public.to_dict(),
                     "fingerprint": self.fingerprint,
-                    "trust": TRUST_LABELS[public.dealer],
+                    "trust": public.trust,
                 },
             )
             request = recv_message(conn, args.timeout, expect="request")
@@ -263,7 +265,7 @@ class Server:
                 "query": number,
                 "arch": self.public.config["arch"],
                 "dealer": self.public.dealer,
-                "approx": self.public.approx,
+                "approx": self.public.settings,
                 "steps": steps,
             }
             atomic_write_json(Path(self.args.measure_dir) / f"server-{number}.json", record)
@@ -311,7 +313,7 @@ class Server:
             f"server: {self.public.config['arch']} (fingerprint {self.fingerprint[:12]}) "
             f"on {self.args.host}:{self.args.port}, MPC ports {self.args.mpc_port}-{last_port}, "
             f"at most {self.args.max_concurrent} sessions at once, dealer {self.public.dealer}: "
-            f"{TRUST_LABELS[self.public.dealer]}",
+            f"{self.public.trust}",
             flush=True,
         )
 

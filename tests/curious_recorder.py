@@ -194,7 +194,7 @@ def _record_weight_masks() -> None:
     """The optimized profile's weight masks: each fixed-mask pair (a, c) is a triple of this
     party, and each weight share it holds (B on the server, D on the client) is its share of a
     server-owned tensor, like the shares `crypten.cryptensor(src=0)` makes."""
-    from mpc.weight_masks import WeightMasks
+    from mpc.optimized.weight_masks import WeightMasks
 
     _record_provider(WeightMasks, "fixed_mask_pair")
     original = WeightMasks.share_weights

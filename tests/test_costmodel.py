@@ -2,7 +2,7 @@
 
 Sessions are real server / dealer / client processes on 127.0.0.1 serving random tiny weights;
 every (layer, category) row of both parties, every generation step, must equal
-`mpc.costmodel.predict_costs`. The model is exact for every category, the TTP server's dealer
+`mpc.cost.walk.predict_costs`. The model is exact for every category, the TTP server's dealer
 traffic included (its sys.getsizeof sizes are computed as CrypTen computes them), so the check is
 equality; the fast tests pin the composed formulas to the cost table in the shared notes.
 """
@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from models.config import VARIANTS, resolve_config
-from mpc.approx import PROTOCOL_PROFILES, ApproxConfig
-from mpc.cost_profiles import CrypTenProfile, ttp_request_bytes
-from mpc.costmodel import gelu, layer_norm, predict_costs, softmax
-from mpc.local import local_parties
+from mpc.approx import PROFILES, ApproxConfig
+from mpc.cost.primitives import CrypTenCosts, ttp_request_bytes
+from mpc.cost.walk import gelu, layer_norm, predict_costs, softmax
+from mpc.session.local import local_parties
 
 # ---- composed formulas against /work/shared/notes/crypten.md (no MPC run) ----------------------
 
@@ -30,7 +30,7 @@ def per_element(cost, elements: int) -> tuple[float, float]:
 
 @pytest.fixture
 def client_profile():
-    return lambda **approx: CrypTenProfile(ApproxConfig(**approx), "tfp", "client")
+    return lambda **approx: CrypTenCosts(ApproxConfig(**approx), "tfp", "client")
 
 
 def test_primitive_costs_match_the_notes(client_profile):
@@ -65,9 +65,9 @@ def test_function_costs_match_the_notes(client_profile):
 
 def test_ttp_dealer_traffic_is_charged_to_the_server_only():
     approx, n = ApproxConfig(), 1000
-    server = CrypTenProfile(approx, "ttp", "server")
-    client = CrypTenProfile(approx, "ttp", "client")
-    tfp_server = CrypTenProfile(approx, "tfp", "server")
+    server = CrypTenCosts(approx, "ttp", "server")
+    client = CrypTenCosts(approx, "ttp", "client")
+    tfp_server = CrypTenCosts(approx, "tfp", "server")
     assert client.mul((n,), (n,)) == tfp_server.mul((n,), (n,))
     dealt = server.mul((n,), (n,))
     assert dealt.bytes == 32 * n + ttp_request_bytes((n,)) and dealt.rounds == 1 + 3
@@ -138,7 +138,7 @@ def check_session(tmp_path, arch: str, dealer: str, approx: dict, queries) -> No
                 assert not wrong, where + ":\n  " + "\n  ".join(wrong)
 
 
-OPTIMIZED = PROTOCOL_PROFILES["optimized"]
+OPTIMIZED = PROFILES["optimized"]
 
 # Every category and op form at least once: LayerNorm, each GELU form's path (poly, tanh through
 # the sigmoid), relu, both softmax forms (stock with its one-entry shortcut at T = 1), both kinds

@@ -29,8 +29,9 @@ import pytest
 import torch
 
 from models.checkpoint import load_checkpoint
-from mpc.local import free_port
-from mpc.secure_model import SERVER, inference_model
+from mpc.roles import SERVER
+from mpc.session.local import free_port
+from mpc.session.secure_model import inference_model
 
 REPO = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"

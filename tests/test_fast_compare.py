@@ -1,4 +1,4 @@
-"""`mpc.fast_compare.packed_ltz` against plaintext, stock CrypTen and its own cost formula.
+"""`mpc.optimized.packed_compare.packed_ltz` against plaintext, stock CrypTen and its own cost formula.
 
 Two real CrypTen parties (and, for TTP, the dealer process) run with
 `crypten.mpc.context.run_multiprocess`. One multi-party run per dealer does every check, because
@@ -17,13 +17,23 @@ import sys
 import pytest
 import torch
 
+from mpc.approx import ApproxConfig
 from mpc.compat import import_crypten
-from mpc.fast_compare import _STOCK_LTZ, packed_ltz, packed_ltz_cost, use_packed_ltz
+from mpc.cost.primitives import CrypTenCosts
+from mpc.optimized.packed_compare import _STOCK_LTZ, packed_ltz, use_packed_ltz
 
 crypten = import_crypten()
 MPCTensor = crypten.mpc.MPCTensor
 
 SHAPES = [(), (1,), (7,), (64,), (3, 65), (2, 3, 129)]
+
+
+def packed_ltz_cost(shape: tuple[int, ...], dealer: str, party: str) -> tuple[float, float]:
+    """(bytes, rounds) the cost model gives one party for one packed comparison of `shape`."""
+    cost = CrypTenCosts(ApproxConfig(comparison="packed"), dealer, party).packed_ltz(shape)
+    return cost.bytes, cost.rounds
+
+
 INT64_MAX, INT64_MIN = 2**63 - 1, -(2**63)
 SPECIAL = [0, 1, -1, 2**62, -(2**62), 2**62 - 1, -(2**62) + 1, 2**62 + 1, -(2**62) - 1]
 SPECIAL += [INT64_MAX, INT64_MIN, 65536, -65536, 0, 0]

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from mpc.local import LocalParties, local_parties
+from mpc.session.local import LocalParties, local_parties
 from tests.test_secure_errors import EXIT_USER_ERROR, wait_for
 from tests.test_soak import RANDOM_TINY, prompt_file, session_processes
 

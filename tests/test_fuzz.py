@@ -19,14 +19,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from models.checkpoint import CheckpointError
-from models.cli import UserError
 from models.config import ConfigError, resolve_config
+from models.errors import UserError
 from mpc.client import check_public_model, model_of, validate_tokens
 from mpc.dealer import validate_booking
-from mpc.local import local_parties
-from mpc.protocol import PROTOCOL_VERSION, ProtocolError, PublicModel, connect
-from mpc.protocol import recv_message as recv
 from mpc.server import validate_request
+from mpc.session.control import CONTROL_VERSION, ControlError, connect
+from mpc.session.control import recv_message as recv
+from mpc.session.local import local_parties
+from mpc.session.public_model import PublicModel
 from tests.test_secure_errors import wait_for
 
 TIMEOUT_S = 20  # the server's every wait: its party's start-up on a loaded machine must fit
@@ -102,7 +103,7 @@ def malformed_requests(draw, public: PublicModel):
     field, or a wrong message type."""
     request = {
         "type": "request",
-        "version": PROTOCOL_VERSION,
+        "version": CONTROL_VERSION,
         "fingerprint": public.fingerprint(),
         "prompt_length": 3,
         "new_tokens": 1,
@@ -121,7 +122,7 @@ def malformed_requests(draw, public: PublicModel):
 def is_valid(request, public: PublicModel) -> bool:
     try:
         validate_request(request, public)
-    except ProtocolError:
+    except ControlError:
         return False
     return request.get("type") == "request"
 
@@ -153,14 +154,14 @@ def test_garbage_frames_are_refused(parties, payload):
 
 booking_fields = st.sampled_from(["type", "version", "host", "port", "timeout_s"])
 bookings = st.dictionaries(booking_fields, json_values) | json_values.map(
-    lambda v: {"type": "session", "version": PROTOCOL_VERSION, "host": "127.0.0.1", "port": v}
+    lambda v: {"type": "session", "version": CONTROL_VERSION, "host": "127.0.0.1", "port": v}
 )
 
 
 @settings(FUZZ, max_examples=EXAMPLES["booking"])
 @given(booking=bookings)
 def test_malformed_dealer_bookings_are_refused(parties, booking):
-    with contextlib.suppress(ProtocolError):
+    with contextlib.suppress(ControlError):
         validate_booking(booking)
         if booking.get("type") == "session":
             return  # a valid booking would start a session
@@ -174,7 +175,7 @@ def test_a_silent_client_is_dropped_after_the_timeout(parties):
     started = time.monotonic()
     with connect(parties.host, parties.port, 10, "server") as sock:
         recv(sock, TIMEOUT_S, expect="hello")
-        with pytest.raises(ProtocolError, match="peer sent nothing before the timeout"):
+        with pytest.raises(ControlError, match="peer sent nothing before the timeout"):
             recv(sock, 3 * TIMEOUT_S)
     assert TIMEOUT_S - 1 < time.monotonic() - started < 2 * TIMEOUT_S
 
@@ -203,12 +204,13 @@ def test_server_and_dealer_survive_and_log_one_line_each(parties, tmp_path):
 @given(hello=st.dictionaries(st.sampled_from(["version", "public", "fingerprint"]), json_values))
 def test_client_refuses_malformed_hellos(hello):
     with pytest.raises((UserError, ConfigError)):
-        model_of(check_public_model({"version": PROTOCOL_VERSION, **hello}, None, None))
+        model_of(check_public_model({"version": CONTROL_VERSION, **hello}, None, None))
 
 
 def hostile_descriptions():
     """A well-formed description whose fields are replaced by odd values, one at a time."""
-    good = {"config": {}, "approx": {}, "tokenizer_json": "", "layernorm_var_scales": []}
+    good = {"backend": "crypten", "config": {}, "settings": {}, "tokenizer_json": "",
+            "layernorm_var_scales": [], "weights": ""}  # fmt: skip
     names = st.sampled_from([*good, "dealer"])
     return st.tuples(names, json_values).map(lambda f: {**good, "dealer": "ttp", f[0]: f[1]})
 
@@ -222,7 +224,7 @@ def test_client_survives_hostile_descriptions(public, config):
     public = {**public, "config": config} if isinstance(public["config"], dict) else public
     try:
         model = PublicModel.from_dict(public)
-        hello = {"version": PROTOCOL_VERSION, "public": public, "fingerprint": model.fingerprint()}
+        hello = {"version": CONTROL_VERSION, "public": public, "fingerprint": model.fingerprint()}
         model_of(check_public_model(hello, None, None))
     except (UserError, ConfigError, CheckpointError):
         pass

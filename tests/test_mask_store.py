@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mpc.weight_masks import MaskStore, create_mask_store, private_folder, stores_under
+from mpc.optimized.mask_store import MaskStore, create_mask_store, private_folder, stores_under
 
 MASK_ID = "0123456789abcdef"
 

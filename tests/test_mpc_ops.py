@@ -28,7 +28,8 @@ from mpc.approx import (
     crypten_keys,
 )
 from mpc.compat import import_crypten
-from mpc.ops import GELU_CLIP, CryptenOps, gelu_residual, gelu_residual_coefficients
+from mpc.forms.activations import GELU_CLIP, gelu_residual, gelu_residual_coefficients
+from mpc.ops import CryptenOps
 from tests.conftest import assert_close
 
 MASK = -64.0
@@ -239,7 +240,7 @@ def test_tree_softmax_holds_past_256_entries(crypten: types.ModuleType) -> None:
 
 
 def test_tree_max_equals_the_row_max(crypten: types.ModuleType) -> None:
-    from mpc.ops import tree_max
+    from mpc.forms.softmax import tree_max
 
     for shape in [(3, 7), (2, 5, 128), (4, 1), (2, 3)]:
         x = torch.randn(*shape, generator=torch.Generator().manual_seed(1)) * 20

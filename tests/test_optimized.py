@@ -10,11 +10,11 @@ import torch
 
 from models.checkpoint import load_checkpoint
 from models.config import resolve_config
-from mpc.approx import PROTOCOL_PROFILES, ApproxConfig, profile_name
-from mpc.costmodel import predict_costs
-from mpc.local import local_parties
-from mpc.secure_model import inference_model
-from mpc.weight_masks import masked_weight_names
+from mpc.approx import PROFILES, ApproxConfig, profile_name
+from mpc.cost.walk import predict_costs
+from mpc.optimized.weight_masks import masked_weight_names
+from mpc.session.local import local_parties
+from mpc.session.secure_model import inference_model
 from tests.test_costmodel import mismatches, server_flags, wait_for
 from tests.test_secure_inference import LOGIT_TOLERANCE, plaintext_logits, prompt_ids
 
@@ -71,7 +71,7 @@ def test_weight_masks_are_uploaded_once_and_reused(tiny_checkpoints, tiny_data, 
     mask shares B in the first session only (8 B per weight element), every query is right,
     and each costs what the model predicts with masks reused (no W - B opened)."""
     checkpoint = tiny_checkpoints["baseline"]
-    approx = ApproxConfig(**PROTOCOL_PROFILES["optimized"])
+    approx = ApproxConfig(**PROFILES["optimized"])
     measure = tmp_path / "measure"
     flags = ("--measure-dir", str(measure), "--protocol", "optimized")
     prompts = [prompt_ids(tiny_data, length) for length in (10, 6, 10)]
@@ -93,7 +93,7 @@ def test_max_free_softmax_is_refused_when_logits_leave_its_bound():
     """The server's plaintext check on calibration text: random small weights stay inside the
     bound; the same model with its query/key weights scaled up does not."""
     from models.checkpoint import random_checkpoint
-    from mpc.secure_model import check_softmax_bound
+    from mpc.session.secure_model import check_softmax_bound
 
     cfg = resolve_config("baseline", "tiny")
     model = inference_model(cfg, random_checkpoint(cfg).model_state)

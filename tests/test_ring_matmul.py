@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mpc.ring_matmul import MAX_INNER, ring_matmul
+from mpc.optimized.ring_matmul import MAX_INNER, ring_matmul
 
 SHAPES = [
     ((128, 96), (96, 200)),  # the limb path

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mpc.local import free_port, local_parties
-from mpc.protocol import PROTOCOL_VERSION, connect, recv_message, send_message
+from mpc.session.control import CONTROL_VERSION, connect, recv_message, send_message
+from mpc.session.local import free_port, local_parties
 
 EXIT_USER_ERROR = 2
 
@@ -110,7 +110,7 @@ def test_server_refuses_malformed_requests(parties, request_changes, fragment):
         hello = recv_message(sock, 10, expect="hello")
         request = {
             "type": "request",
-            "version": PROTOCOL_VERSION,
+            "version": CONTROL_VERSION,
             "fingerprint": hello["fingerprint"],
             "prompt_length": 4,
             "new_tokens": 1,
@@ -262,7 +262,7 @@ def test_start_up_watchdog_ends_a_stuck_party_with_one_line():
     import time
 
     code = (
-        "import time; from mpc.party import start_watchdog; "
+        "import time; from mpc.session.guards import start_watchdog; "
         "start_watchdog(0.5, 'starting the MPC session'); time.sleep(30)"
     )
     started = time.monotonic()
@@ -277,8 +277,8 @@ def test_native_transport_noise_stays_out_of_the_one_line_error(capfd):
     with the transport's lines kept in a file the error names."""
     import os
 
-    from mpc.party import native_stderr_to_file
-    from mpc.protocol import PeerError
+    from mpc.session.control import PeerError
+    from mpc.session.guards import native_stderr_to_file
 
     with pytest.raises(PeerError) as raised:
         with native_stderr_to_file("aero-pi-test-") as log:

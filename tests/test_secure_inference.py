@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from models.checkpoint import load_checkpoint
-from mpc.local import local_parties
+from mpc.session.local import local_parties
 
 # Max abs error of revealed logits against plaintext, measured on these tiny trained models
 # (16 fraction bits, default approximations); see the closing notes for the observed values.

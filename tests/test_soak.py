@@ -19,8 +19,8 @@ import pytest
 import torch
 
 from mpc.client import EXIT_BUSY
-from mpc.local import LocalParties, free_port, local_parties, party_flags
-from mpc.protocol import ServerBusy, connect, recv_message
+from mpc.session.control import ServerBusy, connect, recv_message
+from mpc.session.local import LocalParties, free_port, local_parties, party_flags
 from tests.test_curious_parties import own_input_shares
 from tests.test_secure_errors import wait_for
 

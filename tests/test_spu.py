@@ -21,12 +21,13 @@ from bench.run import main as bench_main
 from bench.schema import TOTAL, ResultRow
 from models.checkpoint import random_checkpoint
 from models.config import VARIANTS, resolve_config
-from mpc.secure_model import inference_model
+from mpc.roles import TRUST_LABELS
+from mpc.session.secure_model import inference_model
 from tests.conftest import assert_close
 
 jax_model = pytest.importorskip("mpc.spu.jax_model", reason="the spu extra (jax) is not installed")
 from mpc.spu.session import parse_profile  # noqa: E402
-from mpc.spu.settings import SettingsError, SpuSettings, protocol_label  # noqa: E402
+from mpc.spu.settings import SettingsError, SpuSettings, settings_label  # noqa: E402
 
 PLAIN_ATOL = 1e-5
 SPU_ATOL = 3e-2
@@ -70,6 +71,26 @@ def test_max_free_softmax_is_the_same_function():
     assert_close(max_free, stock, PLAIN_ATOL, "max-free vs stock softmax")
 
 
+def test_the_gelu_form_setting_chooses_the_jax_activation():
+    """SPU's `gelu_form` is read (it once was not: JAX always ran the tanh form): the piecewise
+    polynomial form gives other logits than tanh, both within the form's 2e-4 of GPT-2's GELU
+    per activation."""
+    cfg = resolve_config("baseline", "tiny")
+    state = perturbed_state(cfg)
+    weights = jax_model.export_weights(cfg, state)
+    tokens = list(range(cfg.block_size))
+    tanh = jax_model.plain_logits(cfg, weights, tokens, SpuSettings(gelu_form="tanh"))
+    poly = jax_model.plain_logits(cfg, weights, tokens, SpuSettings(gelu_form="poly"))
+    assert not np.array_equal(np.asarray(tanh), np.asarray(poly)), "gelu_form was ignored"
+    assert_close(poly, tanh, 5e-3, "poly vs tanh GELU logits")
+    x = np.linspace(-30, 30, 2001, dtype=np.float32)
+    exact = torch.nn.functional.gelu(torch.from_numpy(x), approximate="tanh")
+    assert_close(np.array(jax_model.activation(cfg, SpuSettings(gelu_form="poly"))(x)), exact,
+                 2e-4, "poly GELU in JAX")  # fmt: skip
+    with pytest.raises(SettingsError, match="gelu_form"):
+        SpuSettings(gelu_form="erf")  # registered for CrypTen only: no JAX version
+
+
 def test_every_stage_has_a_benchmark_category():
     from mpc.measure import CATEGORIES
 
@@ -104,8 +125,8 @@ def test_settings_are_checked_and_labeled():
     with pytest.raises(SettingsError, match="exp_mode"):
         SpuSettings(exp_mode="limit")
     assert SpuSettings(protocol="cheetah").dealer == "none"
-    assert SpuSettings().dealer == "tfp" and "INSECURE" in SpuSettings().trust_note
-    assert protocol_label(SpuSettings()) == "fxp18,exp-taylor8,gelu-tanh,softmax-stock,div-opt"
+    assert SpuSettings().dealer == "tfp" and "INSECURE" in TRUST_LABELS[SpuSettings().dealer]
+    assert settings_label(SpuSettings()) == "fxp18,exp-taylor8,gelu-tanh,softmax-stock,div-opt"
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,12 @@ profile log) to its category; `server` and `client` are the two programs.
 SPU is an optional extra (`pip install -e ".[spu]"`); nothing else in the project imports it.
 """
 
+from models.errors import UserError
+
 BACKENDS = ("spu-semi2k", "spu-cheetah")
 
 
-class SpuError(RuntimeError):
+class SpuError(UserError, RuntimeError):
     """A failure of the SPU backend: missing install, peer gone, mismatched programs."""
 
 

@@ -17,32 +17,21 @@ import sys
 from pathlib import Path
 
 from models.atomic import atomic_write_json
-from models.cli import UserError, run_main
+from models.cli import run_main
 from models.config import ModelConfig
+from models.errors import UserError
 from mpc.client import read_token_file, validate_tokens
-from mpc.local import free_port
-from mpc.protocol import PeerError, ProtocolError, connect, recv_message, send_message
+from mpc.session.control import PeerError, connect, recv_message, send_message
+from mpc.session.local import free_port
+from mpc.session.public_model import accept_description
 from mpc.spu import BACKENDS, SpuError
-from mpc.spu.server import fingerprint
-
-
-def check_public(hello: dict, args: argparse.Namespace) -> dict:
-    public = hello.get("public")
-    if not isinstance(public, dict) or fingerprint(public) != hello.get("fingerprint"):
-        raise ProtocolError("the server's model description does not match its fingerprint")
-    if public.get("backend") != args.backend:
-        raise ProtocolError(f"the server runs {public.get('backend')}, not {args.backend}")
-    if args.expect_fingerprint and hello["fingerprint"] != args.expect_fingerprint:
-        raise ProtocolError("the server's model fingerprint is not the expected one")
-    if args.expect_arch and public["config"]["arch"] != args.expect_arch:
-        raise ProtocolError(f"the server serves {public['config']['arch']}, not {args.expect_arch}")
-    return public
 
 
 def query(args: argparse.Namespace) -> dict:
-    from mpc.secure_model import inference_model
+    from mpc.roles import CLIENT
+    from mpc.session.secure_model import inference_model
     from mpc.spu.jax_model import TOKENS, build_stages, one_hot
-    from mpc.spu.session import CLIENT, SecureForward, open_link, route_logs, run_query
+    from mpc.spu.session import SecureForward, open_link, route_logs, run_query
     from mpc.spu.settings import SpuSettings
 
     link_port = args.link_port or free_port(args.link_host, span=1)
@@ -57,12 +46,18 @@ def query(args: argparse.Namespace) -> dict:
             },
         )
         hello = recv_message(sock, args.timeout, expect="hello")
-    public = check_public(hello, args)
-    cfg = ModelConfig.from_dict(public["config"])
-    settings = SpuSettings.from_dict(public["settings"])
+    public = accept_description(
+        hello.get("public"),
+        hello.get("fingerprint"),
+        args.backend,
+        args.expect_fingerprint,
+        args.expect_arch,
+    )
+    cfg = ModelConfig.from_dict(public.config)
+    settings = SpuSettings.from_dict(public.settings)
     ids = validate_tokens(read_token_file(args.tokens), cfg, 1)
     print(
-        f"client: {public['backend']} {cfg.arch} ({public['weights']} weights); {public['trust']}",
+        f"client: {public.backend} {cfg.arch} ({public.weights} weights); {public.trust}",
         flush=True,
     )
     log = Path(args.log_dir or Path(args.json_out or ".").parent) / "spu-client.log"
@@ -80,8 +75,8 @@ def query(args: argparse.Namespace) -> dict:
     next_id = max(range(len(record["logits"])), key=record["logits"].__getitem__)
     return {
         **record,
-        "public": public,
-        "fingerprint": hello["fingerprint"],
+        "public": public.to_dict(),
+        "fingerprint": public.fingerprint(),
         "prompt_ids": ids,
         "next_id": next_id,
     }

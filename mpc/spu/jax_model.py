@@ -8,7 +8,7 @@ model's logits; compiled one executable per stage and chained on one SPU Runtime
 they give the per-category cost of secure inference. The sequence is (T, C) for one prompt; the LM
 head computes the last position only, as the secure CrypTen forward does.
 
-Weights come from a torch checkpoint through `mpc.secure_model.inference_model` (training-only
+Weights come from a torch checkpoint through `mpc.session.secure_model.inference_model` (training-only
 parts dropped, weight and spectral norms folded), named as its state dict without `transformer.`.
 """
 
@@ -23,12 +23,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from models.config import ModelConfig
+from mpc.forms import form
 from mpc.measure import GLOBAL_LAYER
 from mpc.spu.settings import SpuSettings
 
 TOKENS = "tokens"  # the client's one-hot prompt (T, V); every other input is a server weight
 LOGITS = "logits"  # (1, V): the last position's logits
-GELU_C = math.sqrt(2.0 / math.pi)
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class Stage:
 
 def export_weights(cfg: ModelConfig, state: dict) -> dict[str, np.ndarray]:
     """The plain inference weights of a torch state dict as float32 numpy arrays."""
-    from mpc.secure_model import inference_model
+    from mpc.session.secure_model import inference_model
 
     model = inference_model(cfg, state)
     return {
@@ -57,11 +57,6 @@ def layer_norm(x, weight, bias, eps: float):
     centred = x - mean
     var = (centred * centred).mean(-1, keepdims=True)  # biased, as torch
     return centred * jax.lax.rsqrt(var + eps) * weight + bias
-
-
-def gelu_tanh(x):
-    """GPT-2's GELU (tanh form); under SPU, tanh is SPU's own approximation."""
-    return 0.5 * x * (1.0 + jnp.tanh(GELU_C * (x + 0.044715 * x * x * x)))
 
 
 def softmax(scores, form: str):
@@ -162,7 +157,14 @@ def _attention(chain: _Chain, cfg: ModelConfig, layer: int, x: str, settings: Sp
     return h
 
 
-def _ffn(chain: _Chain, cfg: ModelConfig, layer: int, h: str) -> str:
+def activation(cfg: ModelConfig, settings: SpuSettings) -> Callable:
+    """The FFN activation in JAX: the registered form (`mpc.forms`) `settings.gelu_form` for
+    GELU, ReLU's for ReLU."""
+    kind, name = ("gelu", settings.gelu_form) if cfg.ffn_act == "gelu" else ("relu", "stock")
+    return form(kind, name).jax
+
+
+def _ffn(chain: _Chain, cfg: ModelConfig, layer: int, h: str, settings: SpuSettings) -> str:
     p = f"h.{layer}."
     if not cfg.has_ffn(layer):
         return h  # pruned: the residual stream passes through
@@ -189,7 +191,7 @@ def _ffn(chain: _Chain, cfg: ModelConfig, layer: int, h: str) -> str:
     )
     if cfg.ffn_form == "standard":
         if cfg.ffn_act != "identity":
-            act = gelu_tanh if cfg.ffn_act == "gelu" else lambda x: jnp.maximum(x, 0.0)
+            act = activation(cfg, settings)
             chain.add(layer, cfg.ffn_act, p + cfg.ffn_act, act, [u], [p + "act"])
             u = p + "act"
         f = p + "fc_out"
@@ -238,7 +240,7 @@ def build_stages(cfg: ModelConfig, seq_len: int, settings: SpuSettings) -> list[
     )
     x = "h.in"
     for layer in range(cfg.n_layer):
-        x = _ffn(chain, cfg, layer, _attention(chain, cfg, layer, x, settings))
+        x = _ffn(chain, cfg, layer, _attention(chain, cfg, layer, x, settings), settings)
     if cfg.norm == "layernorm":
         eps = cfg.layer_norm_eps
         chain.add(

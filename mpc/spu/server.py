@@ -14,8 +14,6 @@ the client only. With --measure-dir, each query's costs go to server-N.json ther
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import socket
 import sys
 import tempfile
@@ -23,14 +21,19 @@ from pathlib import Path
 
 from models.atomic import atomic_write_json
 from models.checkpoint import load_checkpoint, random_checkpoint
-from models.cli import UserError, add_config_args, config_from_args, run_main
-from mpc.protocol import PeerError, ProtocolError, listen, one_line, recv_message, send_message
+from models.cli import add_config_args, config_from_args, run_main
+from models.errors import UserError
+from mpc.session.control import (
+    ControlError,
+    PeerError,
+    listen,
+    one_line,
+    recv_message,
+    send_message,
+)
+from mpc.session.public_model import PublicModel
 from mpc.spu import BACKENDS, SpuError
 from mpc.spu.settings import SpuSettings, add_settings_arguments, settings_from_arguments
-
-
-def fingerprint(public: dict) -> str:
-    return hashlib.sha256(json.dumps(public, sort_keys=True).encode()).hexdigest()
 
 
 def describe(args: argparse.Namespace, settings: SpuSettings):
@@ -41,42 +44,42 @@ def describe(args: argparse.Namespace, settings: SpuSettings):
         checkpoint, label = load_checkpoint(args.checkpoint), Path(args.checkpoint).name
     else:
         checkpoint, label = random_checkpoint(config_from_args(args, args.random_arch)), "random"
-    public = {
-        "backend": settings.backend,
-        "config": checkpoint.config.to_dict(),
-        "settings": settings.to_dict(),
-        "weights": label,
-        "dealer": settings.dealer,
-        "trust": settings.trust_note,
-        "tokenizer": checkpoint.tokenizer_json,
-    }
+    public = PublicModel(
+        backend=settings.backend,
+        config=checkpoint.config.to_dict(),
+        settings=settings.to_dict(),
+        tokenizer_json=checkpoint.tokenizer_json,
+        dealer=settings.dealer,
+        weights=label,
+    )
     return public, export_weights(checkpoint.config, checkpoint.model_state)
 
 
 def serve_query(conn: socket.socket, args, public: dict, weights: dict, log: Path) -> dict:
     from models.config import ModelConfig
+    from mpc.roles import SERVER
     from mpc.spu.jax_model import TOKENS, build_stages
-    from mpc.spu.session import SERVER, SecureForward, open_link, run_query
+    from mpc.spu.session import SecureForward, open_link, run_query
 
-    cfg = ModelConfig.from_dict(public["config"])
+    cfg = ModelConfig.from_dict(public.config)
     request = recv_message(conn, args.timeout, expect="request")
     seq_len = request.get("seq_len")
     if not isinstance(seq_len, int) or not 1 <= seq_len <= cfg.block_size:
-        raise ProtocolError(f"prompt length {one_line(seq_len)} not in [1, {cfg.block_size}]")
+        raise ControlError(f"prompt length {one_line(seq_len)} not in [1, {cfg.block_size}]")
     link_address = f"{args.host}:{args.link_port or args.port + 1}"
     send_message(
         conn,
         {
             "type": "hello",
-            "public": public,
-            "fingerprint": fingerprint(public),
+            "public": public.to_dict(),
+            "fingerprint": public.fingerprint(),
             "link": link_address,
         },
     )
     conn.close()
     link = open_link(SERVER, [link_address, str(request["link"])], args.timeout)
     try:
-        settings = SpuSettings.from_dict(public["settings"])
+        settings = SpuSettings.from_dict(public.settings)
         forward = SecureForward(SERVER, link, settings, log)
         shapes = {n: w.shape for n, w in weights.items()}
         shapes[TOKENS] = (seq_len, cfg.vocab_size)
@@ -95,9 +98,9 @@ def serve(args: argparse.Namespace) -> int:
     route_logs(folder / "spu-server.log")
     listener = listen(args.host, args.port, "server")
     print(
-        f"SPU server ({settings.backend}, {public['config']['arch']}, weights "
-        f"{public['weights']}) on {args.host}:{args.port}; {settings.trust_note}; "
-        f"fingerprint {fingerprint(public)[:16]}",
+        f"SPU server ({settings.backend}, {public.config['arch']}, weights "
+        f"{public.weights}) on {args.host}:{args.port}; {public.trust}; "
+        f"fingerprint {public.fingerprint()[:16]}",
         flush=True,
     )
     served = 0
@@ -114,7 +117,8 @@ def serve(args: argparse.Namespace) -> int:
         total = record["total"]
         print(f"query {served}: {total['bytes'] / 1e6:.1f} MB, {total['wall_s']:.1f} s", flush=True)
         if args.measure_dir:
-            atomic_write_json(folder / f"server-{served}.json", {**record, "public": public})
+            record = {**record, "public": public.to_dict()}
+            atomic_write_json(folder / f"server-{served}.json", record)
     return 0
 
 

@@ -26,12 +26,13 @@ from typing import Any
 
 import numpy as np
 
-from mpc.measure import GLOBAL_LAYER, Cost, socket_bytes_between, socket_counters
+from mpc.cost.types import Cost
+from mpc.measure import GLOBAL_LAYER, socket_bytes_between, socket_counters
+from mpc.roles import CLIENT, SERVER
 from mpc.spu import SpuError
 from mpc.spu.jax_model import TOKENS, Stage, input_names
 from mpc.spu.settings import SpuSettings
 
-SERVER, CLIENT = 0, 1
 _RUN = re.compile(r"SPU execution (\S+) completed.*?total time ([0-9.e+-]+)s")
 _LINK = re.compile(
     r"Link details: total send bytes (\d+), recv bytes (\d+), "
@@ -113,9 +114,7 @@ class SecureForward:
         self.link_bytes = 0.0  # what we sent/received on the link outside SPU's executables
 
     def charge(self, layer: int, category: str, **amounts: float) -> None:
-        cost = self.costs[(layer, category)]
-        for name, value in amounts.items():
-            setattr(cost, name, getattr(cost, name) + value)
+        self.costs[(layer, category)] += Cost(**amounts)
 
     def compile(self, stages: list[Stage], shapes: dict[str, Any]) -> list[Any]:
         import spu
@@ -240,17 +239,15 @@ def run_query(
     logits = forward.reveal_to_client(stages[-1].outputs[0])
     os_bytes = socket_bytes_between(os_start, socket_counters())
     ops = [
-        {"layer": layer, "category": category, **vars(cost)}
+        {"layer": layer, "category": category, **cost.to_dict()}
         for (layer, category), cost in sorted(forward.costs.items())
     ]
-    total = Cost()
-    for cost in forward.costs.values():
-        total.add(cost)
+    total = sum(forward.costs.values(), Cost())
     return {
         "program_sha256": program,
         "compile_s": forward.compile_s,
         "ops": ops,
-        "total": {**vars(total), "calls": 1},
+        "total": {**total.to_dict(), "calls": 1},
         "os_bytes": os_bytes,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "logits": None if logits is None else np.asarray(logits).reshape(-1).tolist(),

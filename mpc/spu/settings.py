@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from models.config import JsonConfig
+from mpc.forms import form_names
 from mpc.spu import SpuError
 
 PROTOCOLS = ("semi2k", "cheetah")
 EXP_MODES = ("taylor", "pade")
-GELU_FORMS = ("tanh",)
+GELU_FORMS = form_names("gelu", backend="jax")  # the registered forms with a JAX version
 SOFTMAX_FORMS = ("stock", "max_free")
 
 
@@ -69,17 +70,9 @@ class SpuSettings(JsonConfig):
 
     @property
     def dealer(self) -> str:
-        """'tfp' (the server makes SEMI2K's triples: insecure) or 'none' (CHEETAH)."""
+        """'tfp' (the server makes SEMI2K's triples: insecure) or 'none' (CHEETAH); what each
+        lets whom see is `mpc.roles.TRUST_LABELS`."""
         return "tfp" if self.protocol == "semi2k" else "none"
-
-    @property
-    def trust_note(self) -> str:
-        if self.protocol == "semi2k":
-            return (
-                "INSECURE: SPU SEMI2K with TrustedFirstParty: the server makes every Beaver "
-                "triple and could decrypt the prompt (cost runs only)"
-            )
-        return "SPU CHEETAH: dealer-free, secure against a semi-honest server or client"
 
     def runtime_config(self, profile: bool = True) -> Any:
         from spu import libspu
@@ -144,7 +137,7 @@ def settings_from_arguments(backend: str, args: Any) -> SpuSettings:
     return settings_for_backend(backend, **{n: getattr(args, n) for n in names})
 
 
-def protocol_label(settings: SpuSettings) -> str:
+def settings_label(settings: SpuSettings) -> str:
     """The settings that change costs, for the CSV's `protocol` column ("protocol as
     configured"), e.g. 'fxp18,exp-taylor8,gelu-tanh,softmax-stock,div-opt'."""
     iterations = settings.exp_iterations if settings.exp_mode == "taylor" else ""

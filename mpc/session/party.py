@@ -3,31 +3,24 @@
 Each session starts CrypTen on a fresh torch.distributed group (gloo over TCP), checks that both
 parties hold the same public model, shares the server's weights and the client's one-hot prompt,
 runs the one forward pass of `models.gpt` on the shares, and reveals the logits to the client only
-(`mpc.reveal.reveal_to`: the server sends its share, nothing travels back). Nothing is ever
+(`mpc.session.reveal.reveal_to`: the server sends its share, nothing travels back). Nothing is ever
 decrypted to compute on in plaintext.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import resource
 import secrets
-import sys
-import tempfile
-import threading
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Any
 
 import torch
 
-from models.cli import UserError
 from models.config import ModelConfig
 from mpc.approx import ApproxConfig, apply_to_crypten
 from mpc.compat import import_crypten
-from mpc.fast_beaver import install_protocol
 from mpc.measure import (
     GLOBAL_LAYER,
     CostRecorder,
@@ -36,19 +29,19 @@ from mpc.measure import (
     socket_counters,
 )
 from mpc.ops import CryptenOps
-from mpc.protocol import PeerError, ProtocolError, PublicModel
-from mpc.reveal import reveal_to
-from mpc.secure_model import (
-    CLIENT,
-    SERVER,
+from mpc.optimized.beaver import install_multiplication
+from mpc.optimized.weight_masks import MaskSecret, WeightMasks
+from mpc.roles import CLIENT, DEALER, SERVER
+from mpc.session.control import ControlError
+from mpc.session.guards import distributed_timeout, start_watchdog, translate_peer_errors, watchdog
+from mpc.session.public_model import PublicModel
+from mpc.session.reveal import reveal_to
+from mpc.session.secure_model import (
     apply_var_scales,
     encrypt_parameters,
     inference_model,
     one_hot,
 )
-from mpc.weight_masks import MaskSecret, WeightMasks
-
-DEALER_RANK = 2  # CrypTen's TTP takes rank = world size
 
 
 @dataclass
@@ -73,7 +66,7 @@ class SessionSpec:
     @functools.cached_property
     def approx(self) -> ApproxConfig:
         """The approximations and protocol knobs both parties agreed on (parsed once)."""
-        return ApproxConfig.from_dict(self.public.approx)
+        return ApproxConfig.from_dict(self.public.settings)
 
 
 @dataclass
@@ -84,87 +77,6 @@ class PartyResult:
     # once per session, before the queries: weight-mask set-up (bytes of B sent to the dealer:
     # nonzero only in the first session of a loaded model)
     setup: dict[str, float] = field(default_factory=dict)
-
-
-WATCHDOG_GRACE_S = 5.0
-_user_stderr: int | None = None  # the real stderr while native_stderr_to_file holds fd 2
-
-
-@contextlib.contextmanager
-def native_stderr_to_file(prefix: str):
-    """gloo's C++ transport writes its connection retries straight to fd 2, several lines each,
-    but a client's failure must read as one line. During the session fd 2 goes to a temporary
-    file; it is kept only if the session fails with something in it, and its path is added to
-    the error (a UserError's message)."""
-    global _user_stderr
-    handle, path = tempfile.mkstemp(prefix=prefix, suffix=".log")
-    sys.stderr.flush()
-    saved = os.dup(2)
-    os.dup2(handle, 2)
-    os.close(handle)
-    _user_stderr, failed = saved, True
-    try:
-        yield path
-        failed = False
-    except UserError as error:
-        sys.stderr.flush()
-        if os.path.getsize(path):
-            error.args = (f"{error} (transport log: {path})",)
-        raise
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
-        _user_stderr = None
-        if not failed or not os.path.getsize(path):
-            os.unlink(path)
-
-
-PEER_EXIT_CODE = 2  # what `models.cli.run_main` returns for a PeerError
-
-
-def start_watchdog(seconds: float, doing: str) -> threading.Timer:
-    """gloo retries its pair connections to a peer that vanished mid-rendezvous several times
-    before its own timeout applies (seen: > 2.5x the timeout). A start-up that outlives
-    `seconds` (+ grace) ends this process with one line instead; cancel the timer when done."""
-
-    def expire() -> None:
-        line = (
-            f"error: MPC session failed while {doing}: no progress for {seconds:.0f} s "
-            "(the peer went away)\n"
-        )
-        os.write(_user_stderr if _user_stderr is not None else 2, line.encode())
-        os._exit(PEER_EXIT_CODE)
-
-    timer = threading.Timer(seconds + WATCHDOG_GRACE_S, expire)
-    timer.daemon = True
-    timer.start()
-    return timer
-
-
-@contextlib.contextmanager
-def watchdog(seconds: float, doing: str):
-    timer = start_watchdog(seconds, doing)
-    try:
-        yield
-    finally:
-        timer.cancel()
-
-
-@contextlib.contextmanager
-def distributed_timeout(seconds: float):
-    """CrypTen creates its process groups with torch's 30-minute default; every wait of a session
-    (rendezvous and each collective) must instead end after `seconds`."""
-    import torch.distributed as dist
-
-    originals = dist.init_process_group, dist.new_group
-    timeout = timedelta(seconds=seconds)
-    dist.init_process_group = functools.partial(originals[0], timeout=timeout)
-    dist.new_group = functools.partial(originals[1], timeout=timeout)
-    try:
-        yield
-    finally:
-        dist.init_process_group, dist.new_group = originals
 
 
 def start_crypten(spec: SessionSpec, rank: int) -> Any:
@@ -182,7 +94,7 @@ def start_crypten(spec: SessionSpec, rank: int) -> Any:
     crypten.cfg.communicator.verbose = True
     approx = spec.approx
     apply_to_crypten(approx)
-    use_optimized_protocol(approx)
+    install_profile(approx)
     with (
         distributed_timeout(spec.timeout_s),
         translate_peer_errors("starting the MPC session"),
@@ -197,31 +109,13 @@ def start_crypten(spec: SessionSpec, rank: int) -> Any:
     return crypten
 
 
-def use_optimized_protocol(approx: ApproxConfig) -> None:
+def install_profile(approx: ApproxConfig) -> None:
     """Install the protocol knobs of `approx` in this (session) process."""
-    from mpc.fast_compare import packed_ltz
+    from mpc.optimized.packed_compare import packed_ltz
 
-    install_protocol(approx.fast_matmul)
+    install_multiplication(approx.fast_matmul)
     if approx.comparison == "packed":  # a party process serves one session: never restored
         import_crypten().mpc.MPCTensor._ltz = packed_ltz
-
-
-@contextlib.contextmanager
-def translate_peer_errors(doing: str):
-    """gloo reports a vanished or silent peer as RuntimeError; make it one clear PeerError."""
-    try:
-        yield
-    except RuntimeError as error:
-        text = " ".join(str(error).split())
-        if "imed out" in text or "timeout" in text.lower():
-            reason = "the peer stopped answering (timeout)"
-        elif "closed" in text.lower() or "reset" in text.lower() or "Broken pipe" in text:
-            reason = "the peer went away"
-        elif "ddress already in use" in text:
-            reason = "the MPC port is in use"
-        else:
-            reason = text[:160]
-        raise PeerError(f"MPC session failed while {doing}: {reason}") from None
 
 
 def check_same_model(crypten: Any, rank: int, fingerprint: str) -> None:
@@ -231,7 +125,7 @@ def check_same_model(crypten: Any, rank: int, fingerprint: str) -> None:
     theirs = comm.broadcast_obj(fingerprint if rank == SERVER else None, SERVER)
     agreed = comm.broadcast_obj(theirs == fingerprint if rank == CLIENT else None, CLIENT)
     if not agreed:
-        raise ProtocolError("model fingerprint mismatch between server and client")
+        raise ControlError("model fingerprint mismatch between server and client")
     comm.reset_communication_stats()
 
 
@@ -253,7 +147,7 @@ def build_encrypted_model(
 def share_masked_weights(
     crypten: Any, model: Any, spec: SessionSpec, rank: int, secret: MaskSecret | None
 ) -> dict[str, float]:
-    """Weights with masks reused across queries (`mpc.weight_masks`): the server's secret goes to
+    """Weights with masks reused across queries (`mpc.optimized.weight_masks`): the server's secret goes to
     the client over the MPC channel (never to the dealer), and the dealer gets the server's
     shares once per loaded model."""
     if rank == SERVER and secret is None:
@@ -267,7 +161,7 @@ def share_masked_weights(
         setup = {"bytes": 0.0, "wall_s": 0.0}
         if spec.dealer == "ttp" and rank == SERVER:
             setup = masks.upload_to_dealer()
-    install_protocol(approx.fast_matmul).masks = masks
+    install_multiplication(approx.fast_matmul).masks = masks
     comm.reset_communication_stats()
     return setup
 
@@ -301,7 +195,7 @@ def run_queries(
         result.steps.append(
             {
                 "prompt_length": length,
-                **vars(total),
+                **total.to_dict(),
                 "os_bytes": socket_bytes_between(os_start, socket_counters()),
                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 "ops": recorder.rows(),
@@ -344,7 +238,7 @@ def run_dealer(host: str, port: int, timeout_s: float, threads: int = 1) -> None
     It needs no model: triples are random ring elements of the shapes the parties ask for."""
     os.environ.update(
         WORLD_SIZE="2",
-        RANK=str(DEALER_RANK),
+        RANK=str(DEALER),
         RENDEZVOUS=f"tcp://{host}:{port}",
         DISTRIBUTED_BACKEND="gloo",
     )
@@ -352,7 +246,7 @@ def run_dealer(host: str, port: int, timeout_s: float, threads: int = 1) -> None
     torch.manual_seed(secrets.randbits(63))  # the TTP seeds each party's generator from this
     crypten = import_crypten()
     crypten.cfg.mpc.provider = "TTP"
-    from mpc.ttp_service import serve_dealer_session
+    from mpc.optimized.dealer_service import serve_dealer_session
 
     with distributed_timeout(timeout_s), translate_peer_errors("dealing"):
         # returns on "terminate"; swallows a peer's failure; the watchdog covers its start-up

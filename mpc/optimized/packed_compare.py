@@ -30,7 +30,7 @@ call): planes opened = 126 (generate) + 93 + 48 + 24 + 12 + 6 + 2 (tree) = 311, 
 16 W (311 + 1) = 4992 W B, 8 rounds: 78 B/element for N a multiple of 64 (stock: 432 B, 8
 rounds). A TTP dealer adds to rank 0 only, per request, the request dict, the result's torch.Size
 and 8 B per element of its share (`ttp_request_bytes`), 3 rounds: 7 triples of 186 W words in all
-and B2A bits of N elements, 24 rounds. `packed_ltz_cost` gives the exact figure. Measured for
+and B2A bits of N elements, 24 rounds. `CrypTenCosts.packed_ltz` gives the exact figure. Measured for
 N = 128 x 3072: 78.0 B/element (TTP server 109.25), stock 432 (544); one thread, about 0.1 CPU s
 per party per call against 0.4-0.7 s stock (the bit-sliced tree works on N / 64 words).
 """
@@ -44,15 +44,13 @@ from collections.abc import Iterator
 import torch
 
 from mpc.compat import import_crypten
-from mpc.cost_profiles import CLIENT_PARTY, SERVER_PARTY, broadcast, ttp_request_bytes
+from mpc.optimized.carry_tree import SUM_BITS, WORD, tree_levels, words_for
 
 crypten = import_crypten()
 comm = crypten.communicator
 MPCTensor = crypten.mpc.MPCTensor
 FixedPointEncoder = crypten.encoder.FixedPointEncoder
 
-WORD = 64  # bits per ring element and per packed word
-SUM_BITS = WORD - 1  # the carry out of bits 0..62 decides the sign
 # Butterfly stages of the 64 x 64 bit-matrix transpose: (distance j, low j bits of every 2j).
 _STAGES = [
     (j, sum(((1 << j) - 1) << s for s in range(0, WORD, 2 * j))) for j in (32, 16, 8, 4, 2, 1)
@@ -60,26 +58,9 @@ _STAGES = [
 _STOCK_LTZ = MPCTensor._ltz
 
 
-def _tree_levels() -> list[tuple[int, bool]]:
-    """(pairs combined, G only) per carry-tree level; the plan `packed_ltz_cost` also reads."""
-    levels, groups = [], SUM_BITS
-    while groups > 1:
-        levels.append((groups // 2, groups == 2))
-        groups = (groups + 1) // 2
-    return levels
-
-
-def _and_shapes(words: int) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
-    """(x, y) share shapes of every Beaver AND round: generate, then one per tree level."""
-    shapes = [((SUM_BITS, words), (SUM_BITS, words))]
-    for pairs, g_only in _tree_levels():
-        shapes.append(((pairs, words), (1 if g_only else 2, pairs, words)))
-    return shapes
-
-
 def _to_planes(share: torch.Tensor) -> torch.Tensor:
     """(N,) int64 -> (64, W): bit k of word w of plane i = bit i of element 64 w + k."""
-    words = -(-share.numel() // WORD)
+    words = words_for(share.numel())
     block = torch.zeros(words * WORD, dtype=torch.long, device=share.device)
     block[: share.numel()] = share
     for j, mask in _STAGES:  # swap the off-diagonal j x j sub-blocks of every 2j x 2j block
@@ -93,7 +74,7 @@ def _to_planes(share: torch.Tensor) -> torch.Tensor:
 
 def _pack_bits(bits: torch.Tensor) -> torch.Tensor:
     """(N,) of 0/1 -> (W,) words; distinct powers of two, so the int64 sum never overflows."""
-    padded = torch.zeros(-(-bits.numel() // WORD) * WORD, dtype=torch.long, device=bits.device)
+    padded = torch.zeros(words_for(bits.numel()) * WORD, dtype=torch.long, device=bits.device)
     padded[: bits.numel()] = bits
     return (padded.view(-1, WORD) << _shifts(bits.device)).sum(1)
 
@@ -128,7 +109,7 @@ def _and(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def _carry(a: torch.Tensor, b: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     """Shares of the carry out of bits 0..62 of a + b, from plane shares (64, W) of a, b, a ^ b."""
     g, p = _and(a[:SUM_BITS], b[:SUM_BITS]), p[:SUM_BITS]
-    for pairs, g_only in _tree_levels():
+    for pairs, g_only in tree_levels():
         lo, hi = slice(0, 2 * pairs, 2), slice(1, 2 * pairs, 2)
         rows = g[lo].unsqueeze(0) if g_only else torch.stack([g[lo], p[lo]])
         products = _and(p[hi], rows)
@@ -181,19 +162,3 @@ def use_packed_ltz(enabled: bool = True) -> Iterator[None]:
         yield
     finally:
         MPCTensor._ltz = previous
-
-
-def packed_ltz_cost(shape: tuple[int, ...], dealer: str, party: str) -> tuple[float, int]:
-    """(bytes, rounds) one party's CrypTen communicator logs for one `packed_ltz` of `shape`;
-    dealer "ttp" or "tfp", party "server" (rank 0) or "client" (rank 1)."""
-    if dealer not in ("tfp", "ttp") or party not in (SERVER_PARTY, CLIENT_PARTY):
-        raise ValueError(f"dealer {dealer!r} / party {party!r}: use tfp|ttp, server|client")
-    words = -(-math.prod(shape) // WORD)
-    ands = _and_shapes(words)
-    nbytes = 16 * sum(math.prod(x) + math.prod(y) for x, y in ands) + 16 * words
-    rounds = len(ands) + 1
-    if dealer == "ttp" and party == SERVER_PARTY:  # rank 0 fetches its share of each tuple
-        requests = [broadcast(x, y) for x, y in ands] + [tuple(shape)]
-        nbytes += sum(ttp_request_bytes(result) for result in requests)
-        rounds += 3 * len(requests)
-    return nbytes, rounds

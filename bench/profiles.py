@@ -32,7 +32,7 @@ def protocol_comparison(df: pd.DataFrame, baseline: str = BASELINE) -> pd.DataFr
     return joined.drop(columns="protocol_order")
 
 
-def protocol_markdown(df: pd.DataFrame, baseline: str = BASELINE) -> str:
+def profile_markdown(df: pd.DataFrame, baseline: str = BASELINE) -> str:
     """The comparison as a markdown table ('' when there is only one protocol)."""
     if df.protocol.nunique() < 2:
         return ""

@@ -1,14 +1,15 @@
-"""Protocol profiles: what each MPC primitive and each CrypTen function costs one party.
+"""What each MPC primitive and each CrypTen function costs one party, in bytes and rounds.
 
-A profile turns shapes into `Cost(bytes, rounds)` exactly as CrypTen's communicator logs them
+`CrypTenCosts` turns shapes into `Cost(bytes, rounds)` exactly as CrypTen's communicator logs them
 (`crypten/communicator/communicator.py`, `_logging`; 8 bytes per logged element, one round per
-call). `CrypTenProfile` is CrypTen 0.4.1 as installed (two parties, Beaver triples); a later
-protocol subclasses it and overrides the primitives or functions it changes, and every composed
-formula built on them follows. `mpc.costmodel.predict_costs` walks the model with a profile.
+call), for CrypTen 0.4.1 as installed (two parties, Beaver triples) with the protocol knobs of an
+`ApproxConfig` (the optimized profile's weight masks and packed comparison change the primitives
+below; every composed formula built on them follows). `mpc.cost.walk.predict_costs` walks the
+model with it; the nonlinearity forms (`mpc.forms`) compose these primitives.
 
 Logging rules everything below rests on (each party, each call = 1 round):
     all_reduce of n elements (a batched opening of masked values): 2 n elements = 16 n B;
-    send / recv of n elements (a reveal to one party, `mpc.reveal`): n elements = 8 n B, on both;
+    send / recv of n elements (a reveal to one party, `mpc.session.reveal`): 8 n B, both sides;
     TTP dealer (rank 0 only): send_obj(request dict) logs sys.getsizeof(dict) B, recv_obj(result
     size) logs sys.getsizeof(torch.Size) B, broadcast(result share) logs 8 n B: 3 rounds.
 The TFP dealer makes every triple inside party 0 and logs nothing. Truncation after a fixed-point
@@ -19,39 +20,20 @@ from __future__ import annotations
 
 import math
 import sys
-from dataclasses import dataclass
 
 import torch
 
 from mpc.approx import ApproxConfig
+from mpc.cost.types import ZERO, Cost, Shape
+from mpc.optimized.carry_tree import and_shapes, words_for
+from mpc.roles import PARTY_NAMES, SERVER
 
-Shape = tuple[int, ...]
-SERVER_PARTY, CLIENT_PARTY = "server", "client"  # ranks 0 and 1
 LOG_BITS = 6  # CrypTen's carry circuits: log2 of the 64-bit ring
 # CrypTen's own defaults (configs/default.yaml) for keys `ApproxConfig` does not set.
 LOG_ITERATIONS, LOG_EXP_ITERATIONS, LOG_ORDER = 2, 8, 8
 SIGMOID_EXP_ITERATIONS, SIGMOID_RECIPROCAL_ITERATIONS = 9, 3  # CrypTen's sigmoid overrides
 CHEBYSHEV_TERMS = 32  # functions.sigmoid_tanh_terms
 PAIRWISE_PROD_LIMIT = 128  # pairwise argmax ANDs its r - 1 comparisons by a product below this
-
-
-@dataclass(frozen=True)
-class Cost:
-    """What one party logs: bytes (both directions) and rounds (communication calls)."""
-
-    bytes: float = 0.0
-    rounds: float = 0.0
-
-    def __add__(self, other: Cost) -> Cost:
-        return Cost(self.bytes + other.bytes, self.rounds + other.rounds)
-
-    def __mul__(self, times: int) -> Cost:
-        return Cost(self.bytes * times, self.rounds * times)
-
-    __rmul__ = __mul__
-
-
-ZERO = Cost()
 
 
 def numel(shape: Shape) -> int:
@@ -75,13 +57,12 @@ def ttp_request_bytes(result: Shape) -> int:
     return sys.getsizeof(message) + sys.getsizeof(torch.Size(result)) + 8 * numel(result)
 
 
-class CrypTenProfile:
-    """CrypTen 0.4.1, two parties, 64-bit ring, Beaver triples from a TFP or TTP dealer."""
-
-    name = "crypten"
+class CrypTenCosts:
+    """CrypTen 0.4.1, two parties, 64-bit ring, Beaver triples from a TFP or TTP dealer; `party`
+    is "server" (rank 0) or "client" (rank 1)."""
 
     def __init__(self, approx: ApproxConfig, dealer: str, party: str) -> None:
-        if dealer not in ("tfp", "ttp") or party not in (SERVER_PARTY, CLIENT_PARTY):
+        if dealer not in ("tfp", "ttp") or party not in PARTY_NAMES.values():
             raise ValueError(f"dealer {dealer!r} / party {party!r}: use tfp|ttp, server|client")
         self.approx, self.dealer, self.party = approx, dealer, party
 
@@ -91,14 +72,14 @@ class CrypTenProfile:
         return Cost(16 * sum(numel(s) for s in shapes), 1)
 
     def reveal_to_one(self, shape: Shape) -> Cost:
-        """`mpc.reveal.reveal_to`: the sender's share, one way; the sender's `send` and the
+        """`mpc.session.reveal.reveal_to`: the sender's share, one way; the sender's `send` and the
         receiver's `recv` each log 8 B per element, one round (what CrypTen's reduce logged)."""
         return Cost(8 * numel(shape), 1)
 
     def dealer_request(self, result: Shape) -> Cost:
         """Correlated randomness of one protocol call whose dealer-made share has shape `result`:
         with TTP rank 0 logs the request (3 rounds); TFP and rank 1 generate it locally."""
-        if self.dealer == "ttp" and self.party == SERVER_PARTY:
+        if self.dealer == "ttp" and self.party == PARTY_NAMES[SERVER]:
             return Cost(ttp_request_bytes(result), 3)
         return ZERO
 
@@ -113,7 +94,7 @@ class CrypTenProfile:
 
     def weight_matmul(self, x: Shape, w: Shape) -> Cost:
         """X @ W for a server weight W. Stock: a Beaver `matmul`. With weight masks
-        (`mpc.weight_masks`) only X - A is opened (16 |X| B, 1 round); the dealer's C = A B
+        (`mpc.optimized.weight_masks`) only X - A is opened (16 |X| B, 1 round); the dealer's C = A B
         reaches rank 0 as any triple does (TFP: shared from party 0 without traffic)."""
         if not self.approx.weight_masks:
             return self.matmul(x, w)
@@ -150,12 +131,20 @@ class CrypTenProfile:
     def ltz(self, shape: Shape) -> Cost:
         """x < 0 (`_ltz`): A2B, keep the sign bit, one-bit B2A: 416 + 16 = 432 B/elem, 8 rounds.
         Every comparison (lt, gt, ge, le, sign) is one ltz of the broadcast difference.
-        comparison "packed" (`mpc.fast_compare`): carry-only, bit-sliced: 78 B/elem, 8 rounds."""
+        With comparison "packed": `packed_ltz`, 78 B/elem, 8 rounds."""
         if self.approx.comparison == "packed":
-            from mpc.fast_compare import packed_ltz_cost
-
-            return Cost(*packed_ltz_cost(shape, self.dealer, self.party))
+            return self.packed_ltz(shape)
         return self.a2b(shape) + self.b2a_bit(shape)
+
+    def packed_ltz(self, shape: Shape) -> Cost:
+        """`mpc.optimized.packed_compare`: on W = ceil(|x| / 64) packed words, one Beaver AND
+        round per step of the carry plan (`mpc.optimized.carry_tree`; x is opened once against
+        the stacked rows of y, so no broadcast), then one W-word B2A opening."""
+        words = words_for(numel(shape))
+        cost = ZERO
+        for x, y in and_shapes(words):
+            cost += self.dealer_request(broadcast(x, y)) + self.open(x, y)
+        return cost + self.dealer_request(tuple(shape)) + self.open((words,))
 
     def eqz(self, shape: Shape) -> Cost:
         """x == 0 with two parties (`_eqz_2PC`): binary shares of s0 and -s1, their bitwise XNOR
@@ -342,6 +331,3 @@ class CrypTenProfile:
         reduced = (*shape[:-1], m)
         cost += self.argmax_pairwise(reduced) + self.mul(reduced, reduced)
         return cost + self.eqz(shape) + self.weighted_index(shape)
-
-
-PROFILES: dict[str, type[CrypTenProfile]] = {CrypTenProfile.name: CrypTenProfile}

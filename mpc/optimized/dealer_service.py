@@ -18,9 +18,9 @@ from typing import Any
 
 import torch
 
-from mpc.fast_beaver import ring_op
-from mpc.ring_matmul import ring_matmul
-from mpc.weight_masks import MaskStore
+from mpc.optimized.beaver import ring_op
+from mpc.optimized.mask_store import MaskStore
+from mpc.optimized.ring_matmul import ring_matmul
 
 
 def serve_dealer_session(

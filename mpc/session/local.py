@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from mpc.protocol import DEFAULT_MAX_CONCURRENT, PeerError
+from mpc.session.control import DEFAULT_MAX_CONCURRENT, PeerError
 
 
 def free_port(host: str = "127.0.0.1", span: int = 2) -> int:

@@ -1,18 +1,18 @@
 """The "optimized" protocol's multiplications: CrypTen's Beaver protocol with fast exact kernels,
-and matmuls against weights whose Beaver masks are reused across queries (`mpc.weight_masks`).
+and matmuls against weights whose Beaver masks are reused across queries (`mpc.optimized.weight_masks`).
 
 CrypTen picks its multiplication protocol by name (`cfg.mpc.protocol`, looked up in the arithmetic
-module's namespace): `install_protocol` registers `AeroProtocol` there under PROTOCOL_NAME and
+module's namespace): `install_multiplication` registers `OptimizedMultiplication` there under CRYPTEN_PROTOCOL_NAME and
 swaps in dealer-side providers that know fixed-mask triples. Everything else (elementwise
 multiplies, squares, binary ANDs) stays CrypTen's own code.
 
 What each knob changes (numbers are identical to the stock protocol's either way, bit for bit,
 except for the fresh randomness):
-  * `ring_matmul`: int64 products through float64 limbs (`mpc.ring_matmul`), in the parties and
+  * `ring_matmul`: int64 products through float64 limbs (`mpc.optimized.ring_matmul`), in the parties and
     in the dealer; the triple's result shape is computed on the meta device instead of by a
     throw-away int64 product (CrypTen's TTP provider multiplies two random matrices only to learn
     the shape);
-  * `weight_masks`: a matmul against a registered weight opens only X - A; see `mpc.weight_masks`.
+  * `weight_masks`: a matmul against a registered weight opens only X - A; see `mpc.optimized.weight_masks`.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from typing import Any
 import torch
 
 from mpc.compat import import_crypten
-from mpc.ring_matmul import ring_matmul
+from mpc.optimized.ring_matmul import ring_matmul
 
-PROTOCOL_NAME = "aero_beaver"
+CRYPTEN_PROTOCOL_NAME = "aero_beaver"
 
 
 def result_size(op: str, size0: torch.Size, size1: torch.Size, *args, **kwargs) -> torch.Size:
@@ -55,13 +55,13 @@ def beaver_matmul(x: Any, y: Any) -> Any:
     return c
 
 
-class AeroProtocol:
+class OptimizedMultiplication:
     """The object CrypTen calls for secret-times-secret multiplications (`protocol.mul(x, y)`,
-    `protocol.matmul(x, y)`, ...) once `install_protocol` has registered it."""
+    `protocol.matmul(x, y)`, ...) once `install_multiplication` has registered it."""
 
     def __init__(self) -> None:
         self.fast_matmul = False
-        self.masks = None  # an mpc.weight_masks.WeightMasks while a session uses them
+        self.masks = None  # an mpc.optimized.weight_masks.WeightMasks while a session uses them
 
     def matmul(self, x: Any, y: Any) -> Any:
         if self.masks is not None:
@@ -115,18 +115,18 @@ def _fast_providers(crypten: Any) -> dict[str, Any]:
     return {"TTP": FastTTP(), "TFP": FastTFP()}
 
 
-PROTOCOL = AeroProtocol()
+PROTOCOL = OptimizedMultiplication()
 
 
-def install_protocol(fast_matmul: bool) -> AeroProtocol:
-    """Register `AeroProtocol` as CrypTen's multiplication protocol in this process (a party
+def install_multiplication(fast_matmul: bool) -> OptimizedMultiplication:
+    """Register `OptimizedMultiplication` as CrypTen's multiplication protocol in this process (a party
     process serves one session, so nothing is restored)."""
     crypten = import_crypten()
     from crypten.mpc.primitives import arithmetic
 
     PROTOCOL.fast_matmul = fast_matmul
-    setattr(arithmetic, PROTOCOL_NAME, PROTOCOL)
-    crypten.cfg.mpc.protocol = PROTOCOL_NAME
+    setattr(arithmetic, CRYPTEN_PROTOCOL_NAME, PROTOCOL)
+    crypten.cfg.mpc.protocol = CRYPTEN_PROTOCOL_NAME
     if fast_matmul:
         providers = vars(crypten.mpc)["__SUPPORTED_PROVIDERS"]
         providers.update(_fast_providers(crypten))

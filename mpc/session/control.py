@@ -11,31 +11,26 @@ Frame: 4-byte big-endian length, then that many bytes of UTF-8 JSON holding an o
 
 from __future__ import annotations
 
-import hashlib
 import json
 import socket
 import struct
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from typing import Any
 
-from models.cli import UserError
+from models.errors import UserError
 
-PROTOCOL_VERSION = 1
+CONTROL_VERSION = 2  # 2: one public-model description for every backend (mpc.session.public_model)
 MAX_FRAME_BYTES = 64 << 20  # the largest legitimate message is a 50K-vocabulary tokenizer (~3 MB)
 MAX_ERROR_CHARS = 200  # a peer's error text is shown as one line of at most this many characters
 DEFAULT_MAX_CONCURRENT = 2  # sessions a server (or dealer) runs at once unless told otherwise
 BUSY = "busy"  # the "code" of an error message that means "full now, try again later"
-TRUST_LABELS = {
-    "ttp": "trusted third-party dealer process: neither party sees the other's secrets",
-    "tfp": "INSECURE: trusted first party, the server (party 0) makes every triple and sees all",
-}
 
 
-class ProtocolError(UserError):
-    """A peer that sent something malformed, unexpected, or for another protocol version."""
+class ControlError(UserError):
+    """A peer that sent something malformed or unexpected on the control channel, or speaks
+    another version of it."""
 
 
 class PeerError(UserError):
@@ -83,24 +78,24 @@ def _recv_exact(sock: socket.socket, size: int, deadline: float) -> bytes:
 
 
 def recv_message(sock: socket.socket, timeout_s: float, expect: str | None = None) -> dict:
-    """One message; an "error" message from the peer becomes a ProtocolError with its text."""
+    """One message; an "error" message from the peer becomes a ControlError with its text."""
     deadline = time.monotonic() + timeout_s
     (size,) = struct.unpack(">I", _recv_exact(sock, 4, deadline))
     if size > MAX_FRAME_BYTES:
-        raise ProtocolError(f"peer announced a {size}-byte message (limit {MAX_FRAME_BYTES})")
+        raise ControlError(f"peer announced a {size}-byte message (limit {MAX_FRAME_BYTES})")
     try:
         message = json.loads(_recv_exact(sock, size, deadline).decode())
     except (UnicodeDecodeError, ValueError, RecursionError):  # deep nesting, 5000-digit numbers
-        raise ProtocolError("peer sent a message that is not JSON") from None
+        raise ControlError("peer sent a message that is not JSON") from None
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
-        raise ProtocolError("peer sent a message without a type")
+        raise ControlError("peer sent a message without a type")
     if message["type"] == "error":
         reason = one_line(message.get("message", "no reason given"))
         if message.get("code") == BUSY:
             raise ServerBusy(reason)
-        raise ProtocolError(f"peer refused: {reason}")
+        raise ControlError(f"peer refused: {reason}")
     if expect is not None and message["type"] != expect:
-        raise ProtocolError(f"expected a {expect!r} message, got {short_repr(message['type'])}")
+        raise ControlError(f"expected a {expect!r} message, got {short_repr(message['type'])}")
     return message
 
 
@@ -172,43 +167,3 @@ def accept_until(
     listener.close()
     for thread in running:
         thread.join()
-
-
-@dataclass(frozen=True)
-class PublicModel:
-    """Everything about the model that both parties may know: no weight values.
-
-    `layernorm_var_scales` are public calibration constants (one per LayerNorm, in module order)
-    that keep the MPC inverse square root in range; they reveal the typical activation variance.
-    """
-
-    config: dict[str, Any]
-    approx: dict[str, Any]
-    tokenizer_json: str
-    layernorm_var_scales: list[float]
-    dealer: str
-
-    def fingerprint(self) -> str:
-        body = json.dumps({"version": PROTOCOL_VERSION, **asdict(self)}, sort_keys=True)
-        return hashlib.sha256(body.encode()).hexdigest()
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Any) -> PublicModel:
-        try:
-            public = cls(**data)
-        except TypeError as error:
-            raise ProtocolError(f"malformed model description ({one_line(error)})") from None
-        kinds = {"config": dict, "approx": dict, "tokenizer_json": str, "dealer": str}
-        for name, kind in kinds.items():
-            if not isinstance(getattr(public, name), kind):
-                kind_name = kind.__name__
-                raise ProtocolError(f"malformed model description ({name} is not a {kind_name})")
-        scales = public.layernorm_var_scales
-        if not isinstance(scales, list) or not all(type(v) in (int, float) for v in scales):
-            raise ProtocolError("malformed model description (layernorm_var_scales)")
-        if public.dealer not in TRUST_LABELS:
-            raise ProtocolError(f"unknown dealer mode {short_repr(public.dealer)}")
-        return public

@@ -16,8 +16,7 @@ from torch.nn.utils import parametrize
 from models.config import ModelConfig
 from models.data import encode_documents, load_documents, split_documents, tokenizer_from_json
 from models.gpt import GPT, LayerNorm
-
-SERVER, CLIENT = 0, 1
+from mpc.roles import SERVER
 
 
 def inference_model(cfg: ModelConfig, state: dict[str, torch.Tensor] | None = None) -> GPT:
