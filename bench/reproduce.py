@@ -33,7 +33,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.environment import environment_record
-from bench.reproduce_budgets import BUDGETS, Budget
+from bench.reproduction.budgets import BUDGETS, Budget
 from models.atomic import atomic_write_json, atomic_write_text
 from models.checkpoint import git_revision, load_checkpoint
 from models.cli import UserError, run_main
@@ -288,8 +288,8 @@ def _read_json(path: Path) -> dict | None:
 
 
 def write_outputs(run: Run, frames: dict[str, pd.DataFrame], shapes: pd.DataFrame) -> None:
-    from bench.reproduce_figures import draw_figures
-    from bench.reproduce_table import assemble
+    from bench.reproduction.figures import draw_figures
+    from bench.reproduction.tables import assemble
 
     run.out.mkdir(parents=True, exist_ok=True)
     tables = assemble(frames, shapes, run.name)
@@ -302,7 +302,7 @@ def write_outputs(run: Run, frames: dict[str, pd.DataFrame], shapes: pd.DataFram
 
 
 def write_noise(out: Path, others: list[str]) -> None:
-    from bench.reproduce_table import noise_markdown, noise_table
+    from bench.reproduction.tables import noise_markdown, noise_table
 
     mine = pd.read_csv(out / "table4.csv")
     parts = []
@@ -393,7 +393,7 @@ def refuse_other_recipe(path: Path, setting: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench.reproduce_shapes import paper_shapes
+    from bench.reproduction.shapes import paper_shapes
 
     args = parse_args(argv)
     run = make_run(args)

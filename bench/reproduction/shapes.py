@@ -35,7 +35,7 @@ SHAPE_VARIANTS = (
 )
 PROTOCOLS = ("stock", "optimized")
 DEALER = "ttp"
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 COMMITTED_MEASUREMENTS = (  # relative to REPO; those present are read
     "results/gpt2-t128-crypten-ttp/results.csv",
     "results/gpt2-t128-protocols/results.csv",

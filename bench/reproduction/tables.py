@@ -255,7 +255,7 @@ def findings_markdown(findings: pd.DataFrame) -> str:
 
 
 def assemble(frames: dict[str, pd.DataFrame], shapes: pd.DataFrame, name: str) -> Tables:
-    from bench.reproduce_findings import findings
+    from bench.reproduction.findings import findings
 
     tables = Tables()
     tables.frames["table4"] = table4(frames)

@@ -7,7 +7,7 @@ import math
 
 import pandas as pd
 
-from bench.reproduce_table import ABLATION, AERO, PAPER_COST, PAPER_HEADS, PAPER_PPL
+from bench.reproduction.tables import ABLATION, AERO, PAPER_COST, PAPER_HEADS, PAPER_PPL
 from models.entropy import BIN_LABELS
 
 LOWEST, HIGHEST = BIN_LABELS[0], BIN_LABELS[-1]

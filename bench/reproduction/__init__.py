@@ -1,0 +1,1 @@
+"""The AERO reproduction (arXiv 2410.13060) behind `bench/reproduce.py`."""
