@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bench.reproduction.paper import PAPER_BATCH_SIZE, PAPER_STEPS
 from models.config import VARIANTS
 
 
@@ -72,11 +73,12 @@ BUDGETS: dict[str, Budget] = {
         accuracy_prompts=2,
         accuracy_length=32,
     ),
-    # The paper's recipe: GPT-2 small at T = 128, 512 sequences x 32,000 steps = 2.1 B tokens.
+    # The paper's recipe (bench/reproduction/paper.py): GPT-2 small at T = 128, 512 sequences x
+    # 32,000 steps = 2.1 B tokens.
     "paper": Budget(
         preset="gpt2",
-        steps=32_000,
-        batch_size=512,
+        steps=PAPER_STEPS,
+        batch_size=PAPER_BATCH_SIZE,
         variants=tuple(VARIANTS),
         eval_interval=2000,
         eval_batches=50,

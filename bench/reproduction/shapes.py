@@ -15,24 +15,12 @@ from pathlib import Path
 import pandas as pd
 
 from bench.report import GROUP_OF, summary_table
+from bench.reproduction.paper import PAPER_SHAPES, TABLE4_VARIANTS
 from bench.schema import NETWORKS, TOTAL
 from models.config import resolve_config
 from mpc.approx import ApproxConfig, with_profile
 from mpc.costmodel import predict_costs
 
-SHAPES = {  # name: (layers, T, FFNs pruned in SM+ScFuFFN+Prune: the paper's k)
-    "12L T=128": (12, 128, 6),
-    "12L T=256": (12, 256, 6),
-    "18L T=128": (18, 128, 4),
-}
-SHAPE_VARIANTS = (
-    "SM+LN+G",
-    "SM+LN+R",
-    "SM+ScFFN",
-    "SM+ScFuFFN",
-    "SM+ScFuFFN+Prune",
-    "EReg(SM(t)+ScFuFFN)",
-)
 PROTOCOLS = ("stock", "optimized")
 DEALER = "ttp"
 REPO = Path(__file__).resolve().parents[2]
@@ -54,7 +42,7 @@ GROUP_COLUMNS = {  # display group of bench.report -> column of this table
 
 
 def shape_config(arch: str, shape: str):
-    layers, length, pruned = SHAPES[shape]
+    layers, length, pruned = PAPER_SHAPES[shape]
     prune = pruned if arch == "SM+ScFuFFN+Prune" else None
     return resolve_config(arch, "gpt2", n_layer=layers, block_size=length, pruned_ffn_layers=prune)
 
@@ -102,9 +90,10 @@ def measured_rows(frame: pd.DataFrame, source: str) -> list[dict]:
     for entry in table.itertuples():
         layers = int(frame[frame.arch == entry.arch].layer.max()) + 1
         shape = next(
-            (n for n, (ly, t, _) in SHAPES.items() if ly == layers and t == entry.seq_len), None
+            (n for n, (ly, t, _) in PAPER_SHAPES.items() if ly == layers and t == entry.seq_len),
+            None,
         )
-        if shape is None or entry.arch not in SHAPE_VARIANTS or entry.dealer != DEALER:
+        if shape is None or entry.arch not in TABLE4_VARIANTS or entry.dealer != DEALER:
             continue
         mine = clients[(clients.arch == entry.arch) & (clients.protocol == entry.protocol)]
         mine = mine[mine.seq_len == entry.seq_len]
@@ -136,8 +125,8 @@ def measure_shapes(folder: Path) -> list[pd.DataFrame]:
     from bench.run import main as bench_main
 
     frames = []
-    for shape, (layers, length, pruned) in SHAPES.items():
-        for arch in SHAPE_VARIANTS:
+    for shape, (layers, length, pruned) in PAPER_SHAPES.items():
+        for arch in TABLE4_VARIANTS:
             out = folder / f"{shape.replace(' ', '-').replace('=', '')}-{arch}"
             if not (out / "summary.done").exists():
                 sets = [f"n_layer={layers}", f"block_size={length}"]
@@ -158,8 +147,8 @@ def paper_shapes(measure: bool, folder: Path) -> pd.DataFrame:
     """Cost-model rows for every (shape, Table-4 variant, protocol), then measured rows."""
     rows = [
         modelled_row(arch, shape, protocol)
-        for shape in SHAPES
-        for arch in SHAPE_VARIANTS
+        for shape in PAPER_SHAPES
+        for arch in TABLE4_VARIANTS
         for protocol in PROTOCOLS
     ]
     for name in COMMITTED_MEASUREMENTS:

@@ -3,7 +3,7 @@
 Every number in the markdown is a formatted cell of a CSV row written next to it (tests check
 this): `table4.csv` (one row per variant and protocol profile), `paper_shapes.csv`,
 `head_distribution.csv` and `findings.csv` (each claim of the paper: our number, the paper's,
-a verdict). The paper's numbers are in PAPER_* below (from /work/shared/notes/aero-paper.md).
+a verdict). The paper's numbers come from bench/reproduction/paper.py.
 """
 
 from __future__ import annotations
@@ -14,33 +14,15 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from bench.report import BASELINE, markdown_table, num, summary_table, times
+from bench.reproduction.paper import (
+    ATTENTION_T2D,
+    ATTENTION_TD2,
+    PAPER_COST,
+    PAPER_HEADS,
+    PAPER_PPL,
+    TABLE4_SHAPE,
+)
 from models.config import resolve_config
-
-AERO = "EReg(SM(t)+ScFuFFN)"
-# The paper, GPT-2 12L, T = 128 (PPL on CodeParrot; GB and minutes on SecretFlow 2PC over WAN).
-PAPER_PPL = {
-    "SM+LN+G": 2.688, "SM+LN+R": 2.757, "SM+LN": 3.38, "SM+G": 3.197, "SM+R": 2.936,
-    "SM": math.nan, "SM+ScFFN": 3.50, "SM+ScFuFFN": 3.48, "SM+ScFuFFN+Prune": 3.54,
-    AERO: 3.21, "SM+WNormFFN": 3.64, "SM+SNormFFN": 3.63,
-}  # fmt: skip
-PAPER_COST = {  # shape -> arch -> (PPL, GB, minutes)
-    "12L T=128": {
-        "SM+LN+G": (2.69, 25.32, 8.21), "SM+LN+R": (2.76, 9.44, 6.06),
-        "SM+ScFFN": (3.50, 6.95, 5.68), "SM+ScFuFFN": (3.48, 6.43, 4.76),
-        "SM+ScFuFFN+Prune": (3.54, 6.29, 4.23), AERO: (3.21, 6.43, 4.76),
-    },
-    "12L T=256": {
-        "SM+LN+G": (2.35, 58.51, 16.57), "SM+LN+R": (2.41, 26.73, 12.59),
-        AERO: (2.92, 20.72, 10.45),
-    },
-    "18L T=128": {"SM+LN+G": (2.56, 37.17, 10.77), AERO: (3.13, 8.83, 6.07)},
-}  # fmt: skip
-PAPER_HEADS = {  # % of heads in [0, m/4), [m/4, m/2), [m/2, 3m/4), [3m/4, m]
-    "SM+LN+G": (4, 14, 74, 8), "SM+LN+R": (6, 16, 74, 3), "SM+G": (1, 18, 23, 58),
-    "SM+R": (3, 20, 53, 24), "SM": (33, 10, 12, 45),
-}  # fmt: skip
-ABLATION = ("SM+LN+G", "SM+LN+R", "SM+LN", "SM+G", "SM+R", "SM")
-ATTENTION_T2D = 3  # the paper's attention FLOPs per layer: 8 T d^2 + 3 T^2 d
 
 
 @dataclass
@@ -59,13 +41,14 @@ def op_counts(arch: str, preset: str, length: int) -> dict:
     per_ffn = 2 * length * d * d if cfg.ffn_form == "fused" else 4 * length * d * cfg.ffn_hidden
     has_act = cfg.ffn_act in ("gelu", "relu")
     norm = cfg.norm == "layernorm"
+    attention = ATTENTION_TD2 * length * d * d + ATTENTION_T2D * length**2 * d  # one layer's
     return {
         "softmax_ops": layers * cfg.n_head,
         "layernorm_ops": (layers + ffn_layers + 1) if norm else 0,
         "activation": cfg.ffn_act if has_act else "-",
         "activation_ops": ffn_layers if has_act else 0,
         "ffn_mflops": ffn_layers * per_ffn / 1e6,
-        "attn_mflops": layers * (8 * length * d * d + ATTENTION_T2D * length**2 * d) / 1e6,
+        "attn_mflops": layers * attention / 1e6,
     }
 
 
@@ -88,11 +71,11 @@ def table4(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
             row |= op_counts(record.arch, record.preset, length)
             row |= _accuracy(frames["accuracy"], record.arch, protocol)
             row |= _cost(measured)
-            paper = PAPER_COST["12L T=128"].get(record.arch, (math.nan,) * 3)
+            paper = PAPER_COST[TABLE4_SHAPE].get(record.arch, (math.nan,) * 3)
             row |= {"paper_comm_gb": paper[1], "paper_latency_min": paper[2]}
             rows.append(row)
     table = pd.DataFrame(rows)
-    base = PAPER_COST["12L T=128"][BASELINE]
+    base = PAPER_COST[TABLE4_SHAPE][BASELINE]
     table["paper_comm_saving_x"] = base[1] / table.paper_comm_gb
     table["paper_latency_saving_x"] = base[2] / table.paper_latency_min
     return table
