@@ -302,7 +302,7 @@ def write_outputs(run: Run, frames: dict[str, pd.DataFrame], shapes: pd.DataFram
 
 
 def write_noise(out: Path, others: list[str]) -> None:
-    from bench.reproduction.tables import noise_markdown, noise_table
+    from bench.reproduction.noise import noise_markdown, noise_table
 
     mine = pd.read_csv(out / "table4.csv")
     parts = []

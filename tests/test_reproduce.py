@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 
 from bench.reproduction.budgets import BUDGETS
+from bench.reproduction.markdown import FINDING_COLUMNS, SHAPE_COLUMNS, TABLE4_COLUMNS
 from bench.reproduction.shapes import paper_shapes
-from bench.reproduction.tables import FINDING_COLUMNS, SHAPE_COLUMNS, TABLE4_COLUMNS, op_counts
+from bench.reproduction.tables import op_counts
 from models.config import canonical_arch
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,4 +1,5 @@
-"""The reproduction's tables: Table 4's layout per trained model, the paper's shapes, findings.
+"""The reproduction's tables as frames: Table 4's layout per trained model, the paper's shapes
+with the paper's costs beside them, the head distribution beside the paper's, and the findings.
 
 Every number in the markdown is a formatted cell of a CSV row written next to it (tests check
 this): `table4.csv` (one row per variant and protocol profile), `paper_shapes.csv`,
@@ -13,7 +14,9 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from bench.report import BASELINE, markdown_table, num, summary_table, times
+from bench.report import BASELINE, summary_table
+from bench.reproduction.findings import findings
+from bench.reproduction.markdown import findings_markdown, shapes_markdown, table4_markdown
 from bench.reproduction.paper import (
     ATTENTION_T2D,
     ATTENTION_TD2,
@@ -128,7 +131,9 @@ def shapes_with_paper(shapes: pd.DataFrame) -> pd.DataFrame:
     return shapes
 
 
-def head_distribution(entropy: pd.DataFrame) -> pd.DataFrame:
+def head_distribution_table(entropy: pd.DataFrame) -> pd.DataFrame:
+    """The four-bin head distribution of every variant (entropy_distribution.csv rows, binned by
+    `models.entropy.head_distribution` in `models.analyze`) beside the paper's fractions."""
     if entropy.empty:
         return pd.DataFrame()
     table = entropy[["arch", "bin", "fraction_of_heads", "largest_entropy_nats"]].copy()
@@ -140,152 +145,14 @@ def head_distribution(entropy: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-# ---------------------------------------------------------------- markdown
-
-PPL = lambda x: "-" if pd.isna(x) else f"{x:.3f}"  # noqa: E731
-PCT = lambda x: "-" if pd.isna(x) else f"{100 * x:.1f} %"  # noqa: E731
-ERR = lambda x: "-" if pd.isna(x) else f"{x:.2e}"  # noqa: E731
-INT = lambda x: "-" if pd.isna(x) else f"{x:,.0f}"  # noqa: E731
-TABLE4_COLUMNS = [  # (header, column, formatter): the markdown is these cells of table4.csv
-    ("status", "status", str), ("PPL", "eval_ppl", PPL), ("paper PPL", "paper_ppl", PPL),
-    ("MPC windows: PPL plain", "ppl_plaintext_windows", PPL),
-    ("PPL under MPC", "ppl_mpc", PPL), ("top-1 vs plain", "top1_agreement", PCT),
-    ("softmax (L x H)", "softmax_ops", INT), ("LayerNorm", "layernorm_ops", INT),
-    ("act.", "activation", str), ("act. layers", "activation_ops", INT),
-    ("FFN MFLOPs", "ffn_mflops", num), ("attn MFLOPs", "attn_mflops", num),
-    ("GB", "comm_gb", num), ("rounds", "rounds", INT), ("measured s", "measured_s", num),
-    ("WAN min (proj.)", "projected_wan_min", num), ("comm saving", "comm_saving_x", times),
-    ("WAN saving", "wan_saving_x", times), ("paper GB", "paper_comm_gb", num),
-    ("paper min", "paper_latency_min", num), ("paper comm saving", "paper_comm_saving_x", times),
-]  # fmt: skip
-SHAPE_COLUMNS = [
-    ("source", "source", str), ("GB", "comm_gb", num), ("dealer GB", "dealer_gb", num),
-    ("rounds", "rounds", INT), ("softmax GB", "softmax_gb", num), ("GELU GB", "gelu_gb", num),
-    ("WAN min, comm only", "comm_only_wan_min", num),
-    ("WAN min (proj., measured)", "projected_wan_min", num),
-    ("comm saving", "comm_saving_x", times), ("paper GB", "paper_comm_gb", num),
-    ("paper min", "paper_latency_min", num), ("paper comm saving", "paper_comm_saving_x", times),
-    ("paper lat. saving", "paper_latency_saving_x", times),
-]  # fmt: skip
-FINDING_COLUMNS = [
-    ("finding", "finding", str), ("ours", "ours", str), ("paper", "paper", str),
-    ("verdict", "verdict", str),
-]  # fmt: skip
-
-
-def rows_markdown(
-    table: pd.DataFrame, columns: list, first: list[str], numeric_from: int | None = None
-) -> str:
-    headers = first + [header for header, _, _ in columns]
-    rows = [
-        [str(row[k]) for k in first] + [fmt(row[column]) for _, column, fmt in columns]
-        for _, row in table.iterrows()
-    ]
-    return markdown_table(headers, rows, len(first) if numeric_from is None else numeric_from)
-
-
-def table4_markdown(table: pd.DataFrame, name: str) -> str:
-    if table.empty:
-        return f"# Reproduction '{name}': no trained variant yet\n"
-    lines = [
-        f"# AERO reproduced at budget '{name}': Table 4 layout",
-        "",
-        "One row per trained variant (same seed, same token budget). PPL: validation perplexity",
-        "(diverged runs: '-', see status). 'MPC windows': the same model in plaintext and under",
-        "MPC on the accuracy prompts (all positions; short windows, so a higher PPL than the",
-        "validation PPL). Op counts and FLOPs for one forward over the MPC",
-        f"prompt length T = {int(table.cost_seq_len.iloc[0])}. Cost: one secure query (client",
-        "count, CrypTen two-party, trusted dealer, loopback); WAN minutes projected (100 Mbit/s,",
-        "80 ms). Savings are against SM+LN+G under the same protocol. Paper columns: GPT-2 12L,",
-        "T = 128, SecretFlow over WAN. All cells are table4.csv rows.",
-    ]
-    for protocol, part in table.groupby("protocol", sort=False):
-        lines += ["", f"## Protocol: {protocol}", "", rows_markdown(part, TABLE4_COLUMNS, ["arch"])]
-    return "\n".join(lines) + "\n"
-
-
-def shapes_markdown(shapes: pd.DataFrame) -> str:
-    lines = [
-        "# Secure-inference cost at the paper's shapes (random weights)",
-        "",
-        "Client bytes per query (both directions), CrypTen two-party with a trusted dealer.",
-        "'cost model' rows are exact analytic counts (equal to measurements in every category);",
-        "'measured' rows come from real parties. 'WAN min, comm only' = bytes / 100 Mbit/s +",
-        "rounds x 80 ms, no compute (a lower bound); the measured rows also give the projection",
-        "with measured compute. All cells are paper_shapes.csv rows.",
-    ]
-    if shapes.empty:
-        return "\n".join(lines) + "\n"
-    for (shape, protocol), part in shapes.groupby(["shape", "protocol"], sort=False):
-        lines += ["", f"## {shape}, {protocol} protocol", ""]
-        lines.append(rows_markdown(part, SHAPE_COLUMNS, ["arch"]))
-    return "\n".join(lines) + "\n"
-
-
-def findings_markdown(findings: pd.DataFrame) -> str:
-    return (
-        "\n".join(
-            [
-                "# Findings of the paper, checked at this budget",
-                "",
-                "Each row of findings.csv (ours and paper as text; numeric columns in the CSV).",
-                "",
-                rows_markdown(findings, FINDING_COLUMNS, ["key"], numeric_from=99),
-            ]
-        )
-        + "\n"
-    )
-
-
 def assemble(frames: dict[str, pd.DataFrame], shapes: pd.DataFrame, name: str) -> Tables:
-    from bench.reproduction.findings import findings
-
+    """Every table of the run (frames and their markdown) from the stages' frames."""
     tables = Tables()
     tables.frames["table4"] = table4(frames)
     tables.frames["paper_shapes"] = shapes_with_paper(shapes)
-    tables.frames["head_distribution"] = head_distribution(frames["entropy_distribution"])
+    tables.frames["head_distribution"] = head_distribution_table(frames["entropy_distribution"])
     tables.frames["findings"] = findings(frames, tables.frames)
     tables.markdown["table4"] = table4_markdown(tables.frames["table4"], name)
     tables.markdown["paper_shapes"] = shapes_markdown(tables.frames["paper_shapes"])
     tables.markdown["findings"] = findings_markdown(tables.frames["findings"])
     return tables
-
-
-TRAINING_NOISE = ("eval_ppl",)  # one value per variant
-MPC_NOISE = ("ppl_mpc", "top1_agreement", "comm_gb", "rounds", "measured_s")  # per protocol
-
-
-def noise_table(first: pd.DataFrame, second: pd.DataFrame, label: str) -> pd.DataFrame:
-    """Run-to-run differences between two runs' table4.csv rows: per variant for the training
-    metrics, per (variant, protocol) for the MPC ones where both runs measured that protocol."""
-    rows = []
-    for metrics, key in ((TRAINING_NOISE, ["arch"]), (MPC_NOISE, ["arch", "protocol"])):
-        a, b = (frame.drop_duplicates(key) for frame in (first, second))
-        joined = a.merge(b, on=key, suffixes=("_first", "_second"))
-        for entry in joined.to_dict("records"):
-            for metric in metrics:
-                x, y = entry[f"{metric}_first"], entry[f"{metric}_second"]
-                rows.append(
-                    {"comparison": label, "arch": entry["arch"],
-                     "protocol": entry.get("protocol", "-") if len(key) > 1 else "-",
-                     "metric": metric, "first": x, "second": y,
-                     "relative_difference": (y - x) / x if x else math.nan}
-                )  # fmt: skip
-    return pd.DataFrame(rows).dropna(subset=["relative_difference"])
-
-
-def noise_markdown(noise: pd.DataFrame) -> str:
-    """The largest |relative difference| per metric and comparison, over variants."""
-    noise = noise.assign(magnitude=noise.relative_difference.abs())
-    grouped = noise.dropna(subset=["magnitude"]).groupby(["comparison", "metric"])
-    worst = noise.loc[grouped.magnitude.idxmax()]
-    worst = worst.assign(mean_magnitude=grouped.magnitude.mean().to_numpy(),
-                         variants=grouped.arch.nunique().to_numpy())  # fmt: skip
-    columns = [("metric", "metric", str), ("variants", "variants", str),
-               ("mean relative difference (abs.)", "mean_magnitude", PCT),
-               ("largest", "magnitude", PCT), ("where", "arch", str),
-               ("protocol", "protocol", str)]  # fmt: skip
-    return "\n".join(
-        ["# Run-to-run noise (all rows: noise.csv)", "",
-         rows_markdown(worst, columns, ["comparison"], numeric_from=99), ""]
-    )  # fmt: skip
