@@ -16,6 +16,7 @@ import pandas as pd
 
 from bench.report import GROUP_OF, summary_table
 from bench.reproduction.paper import PAPER_SHAPES, TABLE4_VARIANTS
+from bench.reproduction.stages import run_benchmark
 from bench.schema import NETWORKS, TOTAL
 from models.config import resolve_config
 from mpc.approx import ApproxConfig, with_profile
@@ -122,8 +123,6 @@ def measured_rows(frame: pd.DataFrame, source: str) -> list[dict]:
 
 def measure_shapes(folder: Path) -> list[pd.DataFrame]:
     """Real parties, random weights, both profiles: one bench run per (shape, architecture)."""
-    from bench.run import main as bench_main
-
     frames = []
     for shape, (layers, length, pruned) in PAPER_SHAPES.items():
         for arch in TABLE4_VARIANTS:
@@ -136,7 +135,7 @@ def measure_shapes(folder: Path) -> list[pd.DataFrame]:
                 if out.exists():
                     for stale in out.iterdir():
                         stale.unlink()
-                if bench_main(argv) != 0:
+                if run_benchmark(argv) != 0:
                     raise RuntimeError(f"measuring {arch} at {shape} failed")
                 (out / "summary.done").write_text("ok\n")
             frames.append(pd.read_csv(out / "results.csv"))
