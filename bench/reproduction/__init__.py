@@ -1,5 +1,7 @@
 """The AERO reproduction (Jha & Reagen, arXiv 2410.13060); `bench/reproduce.py` is its command.
 
+Its modules, the paper's numbers first and the whole run last:
+
     paper      the paper's reference numbers, each with the table or figure it comes from
     budgets    how large a reproduction is: model preset, tokens, what secure inference measures
     workspace  one reproduction's folders and the files of each variant's records

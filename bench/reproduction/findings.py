@@ -177,7 +177,7 @@ def collapse_by_scaling(distribution: pd.DataFrame, heads: pd.DataFrame) -> list
 
 def uniform_exit(trajectory: pd.DataFrame, training: pd.DataFrame) -> list[dict]:
     """Tokens trained until some layer's mean attention entropy first falls LEFT_UNIFORM below
-    the uniform value, LayerNorm against LN-free models (ours; the paper's 2.1 B tokens are far
+    the uniform value, LayerNorm against LN-free models (ours; the paper's PAPER_TOKENS are far
     past this point). Before it, no entropy structure (collapse, overload) can exist."""
     if trajectory.empty or training.empty:
         return []

@@ -1,7 +1,8 @@
 """The paper's reference numbers: Jha & Reagen, "AERO: Entropy-Guided Framework for Private LLM
 Inference" (arXiv 2410.13060; v2 titled "AERO: Softmax-Only LLMs for Efficient Private Inference").
 
-Every number the reproduction compares against, or sizes a run by, lives here and nowhere else.
+Every paper number the reproduction computes with (compares against, or sizes a run by) lives
+here and nowhere else.
 Setting of all of them: GPT-2 (width 768, 12 heads) trained from scratch on CodeParrot for
 2.1 B tokens; perplexity on CodeParrot's validation split; private-inference cost on SecretFlow's
 two-party protocols over a WAN of 100 Mbit/s and 80 ms, for one output token from a T-token prompt.
@@ -38,8 +39,9 @@ PAPER_PPL = {
 }  # fmt: skip
 # The nonlinearity ablation, in the paper's order: LayerNorm and the FFN activation removed.
 ABLATION = ("SM+LN+G", "SM+LN+R", "SM+LN", "SM+G", "SM+R", "SM")
-# Entropy regularization improves softmax-only PPL by 6-8 % (the abstract; EReg(SM(t)+ScFuFFN)
-# against SM(t)+ScFuFFN): the relative PPL change the findings compare with, and its wording.
+# Entropy regularization improves softmax-only PPL by 6-8 % (the paper's headline result for
+# EReg(SM(t)+ScFuFFN) against SM(t)+ScFuFFN): the relative change the findings compare with,
+# and its wording.
 PAPER_EREG_PPL_CHANGE = -0.07
 PAPER_EREG_PPL_GAIN = "6-8 % better"
 
@@ -84,5 +86,5 @@ PAPER_HEADS = {
     "SM+R": (3, 20, 53, 24), "SM": (33, 10, 12, 45),
 }  # fmt: skip
 # Entropy collapse of SM: the head entropies of its deep layers (9-11) in nats, as the paper
-# reports them for its entropy heatmaps (Figure 3).
+# reports them with its per-head entropy heatmaps (Figure 3).
 PAPER_SM_DEEP_ENTROPY_NATS = (0.03, 0.2)
