@@ -10,9 +10,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench.reproduce import BUDGETS
-from bench.reproduce_shapes import paper_shapes
-from bench.reproduce_table import FINDING_COLUMNS, SHAPE_COLUMNS, TABLE4_COLUMNS, op_counts
+from bench.reproduction.budgets import BUDGETS
+from bench.reproduction.markdown import FINDING_COLUMNS, SHAPE_COLUMNS, TABLE4_COLUMNS
+from bench.reproduction.shapes import paper_shapes
+from bench.reproduction.tables import op_counts
 from models.config import canonical_arch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -166,7 +167,7 @@ def test_a_work_folder_of_another_recipe_is_refused(tiny_run):
 
 
 def test_uniform_exit_reads_the_entropy_trajectory():
-    from bench.reproduce_findings import uniform_exit, uniform_fraction
+    from bench.reproduction.findings import uniform_exit, uniform_fraction
 
     uniform = uniform_fraction(128)
     assert uniform == pytest.approx(0.7993, abs=1e-4)  # the 0.80 log T of the AERO notes

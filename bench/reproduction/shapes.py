@@ -15,27 +15,16 @@ from pathlib import Path
 import pandas as pd
 
 from bench.report import GROUP_OF, summary_table
+from bench.reproduction.paper import PAPER_SHAPES, TABLE4_VARIANTS
+from bench.reproduction.stages import run_benchmark
 from bench.schema import NETWORKS, TOTAL
 from models.config import resolve_config
 from mpc.approx import ApproxConfig, with_profile
 from mpc.cost.walk import predict_costs
 
-SHAPES = {  # name: (layers, T, FFNs pruned in SM+ScFuFFN+Prune: the paper's k)
-    "12L T=128": (12, 128, 6),
-    "12L T=256": (12, 256, 6),
-    "18L T=128": (18, 128, 4),
-}
-SHAPE_VARIANTS = (
-    "SM+LN+G",
-    "SM+LN+R",
-    "SM+ScFFN",
-    "SM+ScFuFFN",
-    "SM+ScFuFFN+Prune",
-    "EReg(SM(t)+ScFuFFN)",
-)
 PROTOCOLS = ("stock", "optimized")
 DEALER = "ttp"
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 COMMITTED_MEASUREMENTS = (  # relative to REPO; those present are read
     "results/gpt2-t128-crypten-ttp/results.csv",
     "results/gpt2-t128-protocols/results.csv",
@@ -54,7 +43,7 @@ GROUP_COLUMNS = {  # display group of bench.report -> column of this table
 
 
 def shape_config(arch: str, shape: str):
-    layers, length, pruned = SHAPES[shape]
+    layers, length, pruned = PAPER_SHAPES[shape]
     prune = pruned if arch == "SM+ScFuFFN+Prune" else None
     return resolve_config(arch, "gpt2", n_layer=layers, block_size=length, pruned_ffn_layers=prune)
 
@@ -102,9 +91,10 @@ def measured_rows(frame: pd.DataFrame, source: str) -> list[dict]:
     for entry in table.itertuples():
         layers = int(frame[frame.arch == entry.arch].layer.max()) + 1
         shape = next(
-            (n for n, (ly, t, _) in SHAPES.items() if ly == layers and t == entry.seq_len), None
+            (n for n, (ly, t, _) in PAPER_SHAPES.items() if ly == layers and t == entry.seq_len),
+            None,
         )
-        if shape is None or entry.arch not in SHAPE_VARIANTS or entry.dealer != DEALER:
+        if shape is None or entry.arch not in TABLE4_VARIANTS or entry.dealer != DEALER:
             continue
         mine = clients[(clients.arch == entry.arch) & (clients.protocol == entry.protocol)]
         mine = mine[mine.seq_len == entry.seq_len]
@@ -133,11 +123,9 @@ def measured_rows(frame: pd.DataFrame, source: str) -> list[dict]:
 
 def measure_shapes(folder: Path) -> list[pd.DataFrame]:
     """Real parties, random weights, both profiles: one bench run per (shape, architecture)."""
-    from bench.run import main as bench_main
-
     frames = []
-    for shape, (layers, length, pruned) in SHAPES.items():
-        for arch in SHAPE_VARIANTS:
+    for shape, (layers, length, pruned) in PAPER_SHAPES.items():
+        for arch in TABLE4_VARIANTS:
             out = folder / f"{shape.replace(' ', '-').replace('=', '')}-{arch}"
             if not (out / "summary.done").exists():
                 sets = [f"n_layer={layers}", f"block_size={length}"]
@@ -147,7 +135,7 @@ def measure_shapes(folder: Path) -> list[pd.DataFrame]:
                 if out.exists():
                     for stale in out.iterdir():
                         stale.unlink()
-                if bench_main(argv) != 0:
+                if run_benchmark(argv) != 0:
                     raise RuntimeError(f"measuring {arch} at {shape} failed")
                 (out / "summary.done").write_text("ok\n")
             frames.append(pd.read_csv(out / "results.csv"))
@@ -158,8 +146,8 @@ def paper_shapes(measure: bool, folder: Path) -> pd.DataFrame:
     """Cost-model rows for every (shape, Table-4 variant, protocol), then measured rows."""
     rows = [
         modelled_row(arch, shape, protocol)
-        for shape in SHAPES
-        for arch in SHAPE_VARIANTS
+        for shape in PAPER_SHAPES
+        for arch in TABLE4_VARIANTS
         for protocol in PROTOCOLS
     ]
     for name in COMMITTED_MEASUREMENTS:

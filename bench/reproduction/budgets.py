@@ -1,14 +1,15 @@
 """The reproduction's budgets: model size, tokens, and how much secure inference each measures.
 
 `tiny` is the test's; `small` fits 2 CPU cores; `paper` is the paper's GPT-2-small recipe
-(12 layers, width 768, T = 128, 2.1 B tokens), for a machine with an accelerator
-(`--device cuda`; 512 sequences a step as 4 micro-batches of 128).
+(steps and batch from bench/reproduction/paper.py), for a machine with an accelerator
+(`--device cuda`; each step's sequences as 4 micro-batches).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bench.reproduction.paper import PAPER_BATCH_SIZE, PAPER_STEPS
 from models.config import VARIANTS
 
 
@@ -72,11 +73,11 @@ BUDGETS: dict[str, Budget] = {
         accuracy_prompts=2,
         accuracy_length=32,
     ),
-    # The paper's recipe: GPT-2 small at T = 128, 512 sequences x 32,000 steps = 2.1 B tokens.
+    # The paper's recipe (bench/reproduction/paper.py): GPT-2 small at T = 128, PAPER_TOKENS.
     "paper": Budget(
         preset="gpt2",
-        steps=32_000,
-        batch_size=512,
+        steps=PAPER_STEPS,
+        batch_size=PAPER_BATCH_SIZE,
         variants=tuple(VARIANTS),
         eval_interval=2000,
         eval_batches=50,

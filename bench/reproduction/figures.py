@@ -11,6 +11,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from bench.reproduction.paper import PAPER_TOKENS
 from models.entropy import BIN_LABELS
 
 BIN_COLOURS = ("#d62728", "#ff9896", "#98df8a", "#1f77b4")
@@ -80,7 +81,7 @@ def perplexity_chart(table4: pd.DataFrame, out: Path) -> Path:
     x = list(range(len(table)))
     for ax, column, title, colour in (
         (axes[0], "eval_ppl", "this run", "#4c72b0"),
-        (axes[1], "paper_ppl", "paper (GPT-2 12L, 2.1 B tokens)", "#dd8452"),
+        (axes[1], "paper_ppl", f"paper (GPT-2 12L, {PAPER_TOKENS / 1e9:.1f} B tokens)", "#dd8452"),
     ):
         values = table[column]
         ax.bar(x, values.fillna(0), color=colour)

@@ -7,7 +7,18 @@ import math
 
 import pandas as pd
 
-from bench.reproduce_table import ABLATION, AERO, PAPER_COST, PAPER_HEADS, PAPER_PPL
+from bench.reproduction.paper import (
+    ABLATION,
+    AERO,
+    PAPER_COST,
+    PAPER_EREG_PPL_CHANGE,
+    PAPER_EREG_PPL_GAIN,
+    PAPER_HEADS,
+    PAPER_PPL,
+    PAPER_SM_DEEP_ENTROPY_NATS,
+    PAPER_TOKENS,
+    TABLE4_SHAPE,
+)
 from models.entropy import BIN_LABELS
 
 LOWEST, HIGHEST = BIN_LABELS[0], BIN_LABELS[-1]
@@ -112,13 +123,15 @@ def entropy_findings(distribution: pd.DataFrame, heads: pd.DataFrame) -> list[di
             )  # fmt: skip
     overload = _bin_fraction(distribution, "SM+G", HIGHEST)
     base = _bin_fraction(distribution, "SM+LN+G", HIGHEST)
+    paper_overload, paper_base = PAPER_HEADS["SM+G"][3], PAPER_HEADS["SM+LN+G"][3]
     if not math.isnan(overload + base):
         verdict = "reproduced" if overload > base else "not reproduced"
         rows.append(
             _finding(
                 "overload_sm_g_vs_baseline", "entropic overload: SM+G has more top-bin heads "
-                "than SM+LN+G", overload - base, 0.50, f"{100 * overload:.0f} % vs "
-                f"{100 * base:.0f} %", "58 % vs 8 %", verdict,
+                "than SM+LN+G", overload - base, (paper_overload - paper_base) / 100,
+                f"{100 * overload:.0f} % vs {100 * base:.0f} %",
+                f"{paper_overload} % vs {paper_base} %", verdict,
                 "entropy_distribution.csv fraction_of_heads",
             )
         )  # fmt: skip
@@ -133,6 +146,11 @@ def collapse_by_scaling(distribution: pd.DataFrame, heads: pd.DataFrame) -> list
     mean = deepest.groupby("arch").entropy_nats.mean()
     if "SM" not in mean:
         return []
+    low, high = PAPER_SM_DEEP_ENTROPY_NATS
+    paper = (
+        f"SM collapses (deep layers {low}-{high} nats, {PAPER_HEADS['SM'][0]} % lowest bin); "
+        "scaling prevents it"
+    )
     rows = []
     for arch in ("SM+ScFFN", "SM+ScFuFFN", "SM+WNormFFN", "SM+SNormFFN"):
         if arch not in mean:
@@ -150,8 +168,7 @@ def collapse_by_scaling(distribution: pd.DataFrame, heads: pd.DataFrame) -> list
                 f"no_collapse_{arch}", f"{arch} vs SM: deepest-layer mean entropy (nats); "
                 "lowest-bin heads", mean[arch] - mean["SM"], math.nan,
                 f"{mean[arch]:.2f} vs {mean['SM']:.2f} nats; {100 * collapse:.0f} % vs "
-                f"{100 * base:.0f} %", "SM collapses (deep layers 0.03-0.2 nats, 33 % lowest "
-                "bin); scaling prevents it", verdict,
+                f"{100 * base:.0f} %", paper, verdict,
                 "entropy_heads.csv, entropy_distribution.csv",
             )
         )  # fmt: skip
@@ -160,7 +177,7 @@ def collapse_by_scaling(distribution: pd.DataFrame, heads: pd.DataFrame) -> list
 
 def uniform_exit(trajectory: pd.DataFrame, training: pd.DataFrame) -> list[dict]:
     """Tokens trained until some layer's mean attention entropy first falls LEFT_UNIFORM below
-    the uniform value, LayerNorm against LN-free models (ours; the paper's 2.1 B tokens are far
+    the uniform value, LayerNorm against LN-free models (ours; the paper's PAPER_TOKENS are far
     past this point). Before it, no entropy structure (collapse, overload) can exist."""
     if trajectory.empty or training.empty:
         return []
@@ -186,24 +203,31 @@ def uniform_exit(trajectory: pd.DataFrame, training: pd.DataFrame) -> list[dict]
     return [
         _finding(
             "uniform_exit", "tokens until attention leaves uniform (some layer 0.05 log T below)",
-            ratio, math.nan, text, "not reported (2.1 B tokens)", verdict,
+            ratio, math.nan, text, f"not reported ({PAPER_TOKENS / 1e9:.1f} B tokens)", verdict,
             "entropy_trajectory.csv, training.csv seq_len",
         )
     ]  # fmt: skip
 
 
+def _paper_change(variant: str, reference: str) -> float:
+    """The paper's relative PPL change of `variant` against `reference`."""
+    return PAPER_PPL[variant] / PAPER_PPL[reference] - 1
+
+
 def ppl_gains(ppl: dict[str, float]) -> list[dict]:
     """Entropy regularization, pruning and static normalizations against their reference."""
+    aero_vs = f"paper {PAPER_PPL[AERO]:.2f} vs {PAPER_PPL['SM+ScFuFFN']:.2f}"
     pairs = [  # (key, claim, variant, reference, paper's relative change)
-        ("ereg_gain", "EReg improves PPL over SM(t)+ScFuFFN", AERO, "SM(t)+ScFuFFN", -0.07),
-        ("ereg_vs_scfuffn", "EReg vs SM+ScFuFFN (paper 3.21 vs 3.48)", AERO, "SM+ScFuFFN",
-         3.21 / 3.48 - 1),
+        ("ereg_gain", "EReg improves PPL over SM(t)+ScFuFFN", AERO, "SM(t)+ScFuFFN",
+         PAPER_EREG_PPL_CHANGE),
+        ("ereg_vs_scfuffn", f"EReg vs SM+ScFuFFN ({aero_vs})", AERO, "SM+ScFuFFN",
+         _paper_change(AERO, "SM+ScFuFFN")),
         ("prune_cost", "pruning the deepest FFNs costs little PPL", "SM+ScFuFFN+Prune",
-         "SM+ScFuFFN", 3.54 / 3.48 - 1),
+         "SM+ScFuFFN", _paper_change("SM+ScFuFFN+Prune", "SM+ScFuFFN")),
         ("wnorm_vs_scaling", "weight-normalized FFN vs scaled FFN", "SM+WNormFFN", "SM+ScFFN",
-         3.64 / 3.50 - 1),
+         _paper_change("SM+WNormFFN", "SM+ScFFN")),
         ("snorm_vs_scaling", "spectral-normalized FFN vs scaled FFN", "SM+SNormFFN", "SM+ScFFN",
-         3.63 / 3.50 - 1),
+         _paper_change("SM+SNormFFN", "SM+ScFFN")),
     ]  # fmt: skip
     rows = []
     for key, claim, variant, reference, paper_change in pairs:
@@ -219,7 +243,8 @@ def ppl_gains(ppl: dict[str, float]) -> list[dict]:
             _finding(
                 key, f"{claim} (relative PPL change)", change, paper_change,
                 f"{ppl[variant]:.3f} vs {ppl[reference]:.3f} ({100 * change:+.1f} %)",
-                f"{100 * paper_change:+.1f} %" + (" (6-8 % better)" if key == "ereg_gain" else ""),
+                f"{100 * paper_change:+.1f} %"
+                + (f" ({PAPER_EREG_PPL_GAIN})" if key == "ereg_gain" else ""),
                 verdict, "training.csv eval_ppl",
             )
         )  # fmt: skip
@@ -228,18 +253,23 @@ def ppl_gains(ppl: dict[str, float]) -> list[dict]:
 
 def savings(table4: pd.DataFrame, shapes: pd.DataFrame) -> list[dict]:
     rows = []
+    table4_cost = PAPER_COST[TABLE4_SHAPE]
+    table4_shape = TABLE4_SHAPE.replace(" ", ", ")  # "12L, T=128"
+    paper_savings = {  # metric: (column, the paper's saving of aero against the baseline)
+        "comm": ("comm_saving_x", table4_cost["SM+LN+G"][1] / table4_cost[AERO][1]),
+        "WAN latency": ("wan_saving_x", table4_cost["SM+LN+G"][2] / table4_cost[AERO][2]),
+    }
     for protocol, part in table4.groupby("protocol", sort=False) if len(table4) else []:
         aero = part[part.arch == AERO]
         if aero.empty or pd.isna(aero.comm_saving_x.iloc[0]):
             continue
-        for metric, column, paper in (("comm", "comm_saving_x", 25.32 / 6.43),
-                                      ("WAN latency", "wan_saving_x", 8.21 / 4.76)):  # fmt: skip
+        for metric, (column, paper) in paper_savings.items():
             value = float(aero[column].iloc[0])
             rows.append(
                 _finding(
                     f"{metric.split()[0].lower()}_saving_trained_{protocol}",
                     f"aero {metric} saving vs baseline, trained models, {protocol} protocol",
-                    value, paper, f"{value:.2f}x", f"{paper:.2f}x (12L, T=128)",
+                    value, paper, f"{value:.2f}x", f"{paper:.2f}x ({table4_shape})",
                     "saving" if value > 1 else "no saving", "table4.csv " + column,
                 )
             )  # fmt: skip
