@@ -14,16 +14,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
-from bench.run import Target, add_accuracy, add_predictions, rows_of_party, write_results
+from bench.backends import crypten_record
+from bench.harness import Target, add_accuracy, add_predictions, query_rows, write_results
 from bench.schema import NETWORKS, ResultRow
 from models.checkpoint import random_checkpoint
 from models.cli import run_main
 from models.config import PRESETS, ModelConfig
 from models.errors import UserError
-from mpc.approx import ApproxConfig
+from mpc.approx import ApproxConfig, profile_name
+from mpc.session.local import wait_for_json
 
 
 def record_folders(folder: Path) -> tuple[Path, Path]:
@@ -42,20 +43,19 @@ def query_pairs(folder: Path, wait_s: float) -> list[tuple[int, dict, dict]]:
     for client_path in sorted(client_folder.glob("client-*.json")):
         number = int(client_path.stem.split("-")[1])
         server_path = server_folder / f"server-{number}.json"
-        deadline = time.monotonic() + wait_s
-        while not server_path.exists() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if not server_path.exists():
-            raise UserError(f"{client_path} has no matching {server_path.name}")
         try:
-            pairs.append(
-                (number, json.loads(client_path.read_text()), json.loads(server_path.read_text()))
-            )
+            client = json.loads(client_path.read_text())
         except json.JSONDecodeError:
-            raise UserError(f"{client_path} or {server_path.name} is not valid JSON") from None
+            raise UserError(f"{client_path} is not valid JSON") from None
+        pairs.append((number, client, wait_for_json(server_path, wait_s, "the server")))
     if not pairs:
         raise UserError(f"no client-N.json records in {client_folder}")
     return pairs
+
+
+def random_seed(label: str) -> int:
+    """The seed of a server's random weights from its description's label ("random seed N")."""
+    return int(label.rpartition(" ")[2]) if label.startswith("random seed ") else 0
 
 
 def collect(
@@ -72,16 +72,16 @@ def collect(
             preset=preset,
             weights=weights,
             backend="crypten",
-            protocol="stock",
+            protocol=profile_name(approx),
             dealer=client["dealer"],
             network=network,
             seq_len=len(client["prompt_ids"]),
         )
-        fresh = rows_of_party(client, "client", base, number - 1)
-        fresh += rows_of_party(server, "server", base, number - 1)
-        target = Target(random_checkpoint(cfg), [], weights)  # the server's seeded random weights
+        fresh = query_rows(crypten_record(client), crypten_record(server), base, number - 1)
+        seed = random_seed(client.get("weights", ""))
+        target = Target(random_checkpoint(cfg, seed), weights)  # the server's random weights
         if random_weights:
-            add_accuracy(fresh, target, client["prompt_ids"], client["logits"])
+            add_accuracy(fresh, target, client["prompt_ids"], client["logits"][0][-1])
         add_predictions(fresh, target, approx, client["dealer"])
         rows += [row.project() for row in fresh]
     return rows

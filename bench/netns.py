@@ -333,16 +333,6 @@ class ShapedParties(LocalParties):
             *super().program(party, module, *args),
         ]
 
-    def server_record(self, query: int, timeout_s: float = 60) -> dict:
-        """The server's --measure-dir record of its `query`-th answered query (from 1)."""
-        path = self.logs / "measure" / f"server-{query}.json"
-        deadline = time.monotonic() + timeout_s
-        while not path.exists():
-            if time.monotonic() > deadline:
-                raise NetnsError(f"the server wrote no measurements to {path}\n{self.log_text()}")
-            time.sleep(0.1)
-        return json.loads(path.read_text())
-
 
 @contextlib.contextmanager
 def shaped_parties(

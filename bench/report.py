@@ -21,10 +21,10 @@ import numpy as np
 import pandas as pd
 
 from bench.schema import TOTAL, ResultRow, projected_seconds
-from models.config import VARIANTS
+from models.config import ALIASES, VARIANTS
 from models.errors import UserError
 
-BASELINE = "SM+LN+G"
+BASELINE = ALIASES["baseline"]
 SETTING = ["preset", "backend", "protocol", "dealer", "network", "seq_len"]
 PREDICTION_TOLERANCE = 0.01  # relative |measured - predicted| / predicted that gets flagged
 GROUPS = {  # display group: (colour in every figure, its categories); bottom-up stacking order

@@ -44,6 +44,17 @@ class JsonConfig:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
+    def from_json_file(cls, path: str):
+        """A config saved with `to_json` (an unreadable or malformed file is a one-line error)."""
+        try:
+            data = json.loads(open(path).read())
+        except (OSError, json.JSONDecodeError) as error:
+            raise cls._error(f"cannot read the {cls._what} file {path} ({error})") from None
+        if not isinstance(data, dict):
+            raise cls._error(f"{path} does not hold a {cls._what} object")
+        return cls.from_dict(data)
+
+    @classmethod
     def from_dict(cls, data: dict[str, Any]):
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)

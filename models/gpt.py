@@ -40,7 +40,8 @@ class LayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(width))
         self.eps = eps
         self.ops = ops
-        # Public calibration constant for the MPC inverse square root (mpc.calibrate sets it).
+        # Public calibration constant for the MPC inverse square root (set by the server's
+        # calibration, mpc.session.secure_model.calibrate_layernorms).
         self.var_scale = 1.0
 
     def forward(self, x: Tensor) -> Tensor:

@@ -8,8 +8,9 @@ from models.config import ModelConfig
 from models.errors import UserError
 from models.gpt import GPT
 
-# HF keys this model has no use for: causal-mask buffers of old versions, and the tied LM head.
-_IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", "lm_head.weight")
+# HF keys this model has no use for: causal-mask buffers of old versions.
+_IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
+HEAD, TABLE = "lm_head.weight", "transformer.wte.weight"
 
 
 class HFWeightsError(UserError, ValueError):
@@ -18,14 +19,21 @@ class HFWeightsError(UserError, ValueError):
 
 def load_hf_gpt2_state_dict(state: dict[str, torch.Tensor], cfg: ModelConfig) -> GPT:
     """The baseline model with GPT-2 weights. Names and the (in, out) Conv1D layout already match;
-    a bare GPT2Model's keys lack the `transformer.` prefix, which is added."""
+    a bare GPT2Model's keys lack the `transformer.` prefix, which is added. The LM head must be
+    tied to the token embedding (as GPT-2's is): an untied head is refused, never dropped."""
     if cfg.norm != "layernorm" or cfg.ffn_act != "gelu" or cfg.ffn_form != "standard":
         raise HFWeightsError(f"GPT-2 weights fit the baseline (SM+LN+G), not {cfg.arch}")
     renamed = {}
     for key, value in state.items():
         if key.endswith(_IGNORED_SUFFIXES):
             continue
-        renamed[key if key.startswith("transformer.") else "transformer." + key] = value
+        renamed[key if key.startswith(("transformer.", HEAD)) else "transformer." + key] = value
+    head = renamed.pop(HEAD, None)
+    if head is not None and not torch.equal(head, renamed.get(TABLE, head)):
+        raise HFWeightsError(
+            "the state dict's LM head is not tied to its token embedding: this model computes "
+            "logits with the embedding table (GPT-2's tied head), so it cannot load it"
+        )
     model = GPT(cfg)
     try:
         model.load_state_dict(renamed)

@@ -40,8 +40,8 @@ def compare(mpc: torch.Tensor, plain: torch.Tensor, targets: torch.Tensor) -> di
     error = (mpc - plain).abs()
     ce = torch.nn.functional.cross_entropy
     return {
-        "max_abs_error": float(error.max()),
-        "mean_abs_error": float(error.mean()),
+        "max_abs_logit_error": float(error.max()),
+        "mean_abs_logit_error": float(error.mean()),
         "top1_agreement": float((mpc.argmax(-1) == plain.argmax(-1)).float().mean()),
         "ppl_mpc": math.exp(float(ce(mpc.flatten(0, 1), targets.flatten()))),
         "ppl_plaintext": math.exp(float(ce(plain.flatten(0, 1), targets.flatten()))),
@@ -114,8 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{report['arch']} ({profile} protocol): {report['prompts']} prompts x "
             f"{report['length']} tokens, dealer {report['dealer']}: max |err| "
-            f"{report['max_abs_error']:.4f}, mean |err| {report['mean_abs_error']:.5f}, top-1 "
-            f"agreement {100 * report['top1_agreement']:.2f}%, PPL {report['ppl_mpc']:.3f} "
+            f"{report['max_abs_logit_error']:.4f}, mean |err| "
+            f"{report['mean_abs_logit_error']:.5f}, top-1 agreement "
+            f"{100 * report['top1_agreement']:.2f}%, PPL {report['ppl_mpc']:.3f} "
             f"(MPC) vs {report['ppl_plaintext']:.3f} (plaintext)",
             flush=True,
         )

@@ -167,6 +167,9 @@ def add_approx_arguments(parser: argparse.ArgumentParser, many_protocols: bool =
     (`many_protocols`: the benchmark takes several profiles and measures each)."""
     group = parser.add_argument_group("approximations and protocol (mpc.approx.ApproxConfig)")
     group.add_argument(
+        "--approx-config", metavar="FILE", help="a whole ApproxConfig as JSON; flags override it"
+    )
+    group.add_argument(
         "--protocol",
         choices=list(PROFILES),
         nargs="+" if many_protocols else None,
@@ -183,11 +186,16 @@ def add_approx_arguments(parser: argparse.ArgumentParser, many_protocols: bool =
 
 
 def approx_from_arguments(args: argparse.Namespace, profile: str | None = None) -> ApproxConfig:
-    """The config the flags of `add_approx_arguments` describe (defaults for unset ones), under
-    protocol `profile` (default: the one `--protocol` names)."""
+    """The config the flags of `add_approx_arguments` describe, under protocol `profile`
+    (default: the one `--protocol` names). Unset flags keep the values of `--approx-config`
+    (a JSON file of a whole config: how one program hands its config to another), else the
+    defaults."""
     names = [field.name for field in dataclasses.fields(ApproxConfig)]
     given = {name: getattr(args, name, None) for name in names}
-    approx = ApproxConfig(**{name: value for name, value in given.items() if value is not None})
+    base = ApproxConfig()
+    if getattr(args, "approx_config", None):
+        base = ApproxConfig.from_json_file(args.approx_config)
+    approx = base.replace(**{name: value for name, value in given.items() if value is not None})
     if profile is None and isinstance(getattr(args, "protocol", None), str):
         profile = args.protocol
     if profile is None:

@@ -181,6 +181,7 @@ def query(args: argparse.Namespace) -> dict:
         "dealer": public.dealer,
         "trust": public.trust,
         "approx": public.settings,
+        "weights": public.weights,
         "config": public.config,
         "prompt_ids": ids,
         "generated_ids": result.tokens,

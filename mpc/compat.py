@@ -2,7 +2,7 @@
 
 Import CrypTen only through `import_crypten()`: it applies every fix below exactly once and returns
 the `crypten` module. Each fix is pinned by a test in `tests/test_compat.py` that fails without it.
-Facts behind each fix: `/work/shared/notes/crypten.md`.
+Each fix is pinned by a test in tests/test_compat.py that fails without it.
 """
 
 from __future__ import annotations

@@ -54,8 +54,11 @@ from mpc.session.secure_model import (
 )
 
 
-def describe_model(checkpoint_path: str, approx: ApproxConfig, dealer: str) -> PublicModel:
-    """The public description of a checkpoint, with LayerNorm scales calibrated on public text."""
+def describe_model(
+    checkpoint_path: str, approx: ApproxConfig, dealer: str, weights: str = ""
+) -> PublicModel:
+    """The public description of a checkpoint, with LayerNorm scales calibrated on public text;
+    `weights` labels where the weights came from (default: the checkpoint's file name)."""
     checkpoint = load_checkpoint(checkpoint_path)
     model = inference_model(checkpoint.config, checkpoint.model_state)
     scales: list[float] = []
@@ -80,7 +83,7 @@ def describe_model(checkpoint_path: str, approx: ApproxConfig, dealer: str) -> P
         tokenizer_json=checkpoint.tokenizer_json,
         dealer=dealer,
         layernorm_var_scales=scales,
-        weights=Path(checkpoint_path).name,
+        weights=weights or Path(checkpoint_path).name,
     )
 
 
@@ -343,6 +346,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="serve random weights of ARCH (cost runs; no tokenizer)",
     )
     add_config_args(parser, arch_required=False)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the --random-arch weights")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=7000, help="control port")
     parser.add_argument(
@@ -396,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.random_arch:
             cfg = config_from_args(args, arch=args.random_arch)
             args.checkpoint = str(Path(scratch) / "random.pt")
-            save_checkpoint(args.checkpoint, random_checkpoint(cfg))
+            save_checkpoint(args.checkpoint, random_checkpoint(cfg, args.seed))
             print(
                 f"server: serving RANDOM weights of {cfg.arch} ({args.preset}): costs are "
                 "real, outputs are meaningless",
@@ -404,7 +408,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         if not Path(args.checkpoint).is_file():
             raise UserError(f"no checkpoint at {args.checkpoint}")
-        public = describe_model(args.checkpoint, approx_from_arguments(args), args.dealer)
+        label = f"random seed {args.seed}" if args.random_arch else ""
+        public = describe_model(args.checkpoint, approx_from_arguments(args), args.dealer, label)
         return Server(args, public).serve()
 
 

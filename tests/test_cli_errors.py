@@ -38,6 +38,8 @@ CASES = [
      "sqrt_iterations"),
     (["bench/run.py", "--arch", "baseline", "--preset", "tiny", "--seq-len", "99"],
      "--seq-len 99"),
+    (["bench/run.py", "--arch", "baseline", "--preset", "tiny", "--backend", "spu-semi2k",
+      "--network", "wan"], "runs on loopback only"),
     (["-m", "bench.collect", MISSING], "no client-N.json"),
     (["-m", "bench.plot", MISSING], MISSING),
     (["-m", "bench.train_speed", "--arch", "gpt5"], "unknown architecture"),

@@ -127,6 +127,18 @@ def test_baseline_equals_huggingface_gpt2(n_layer):
     assert_close(actual, expected, 1e-5, "baseline logits vs transformers GPT2LMHeadModel")
 
 
+def test_hf_state_dict_with_an_untied_head_is_rejected():
+    """It once dropped `lm_head.weight` unconditionally: an untied head then loaded without error
+    and gave wrong logits."""
+    from models.hf import HFWeightsError, load_hf_gpt2_state_dict
+
+    cfg = tiny("baseline")
+    state = dict(_hf_reference(cfg).state_dict())
+    state["lm_head.weight"] = state["lm_head.weight"] + 0.01
+    with pytest.raises(HFWeightsError, match="not tied"):
+        load_hf_gpt2_state_dict(state, cfg)
+
+
 def test_hf_state_dict_with_wrong_shape_is_rejected():
     from models.hf import HFWeightsError, load_hf_gpt2_state_dict
 

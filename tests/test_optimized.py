@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 
+from bench.collect import collect
 from models.checkpoint import load_checkpoint
 from models.config import resolve_config
 from mpc.approx import PROFILES, ApproxConfig, profile_name
@@ -84,6 +85,13 @@ def test_weight_masks_are_uploaded_once_and_reused(tiny_checkpoints, tiny_data, 
     setups = [server["steps"][0].get("mask_setup", {}).get("bytes", 0.0) for server in servers]
     assert setups == [8.0 * weights, 0.0, 0.0]
     assert profile_name(ApproxConfig.from_dict(records[0]["approx"])) == "optimized"
+    # bench.collect (the container run's report) labels the rows by the profile the records
+    # name; it once wrote "stock" for every run.
+    folder = tmp_path / "collected"
+    for party, record in (("client", records[0]), ("server", servers[0])):
+        (folder / party).mkdir(parents=True)
+        (folder / party / f"{party}-1.json").write_text(json.dumps(record))
+    assert {row.protocol for row in collect(folder, "tiny", "loopback", False)} == {"optimized"}
     for number, (ids, record, server) in enumerate(zip(prompts, records, servers, strict=True)):
         check_logits(record, checkpoint, ids, f"query {number + 1}")
         check_costs(record, server, approx, len(ids), f"query {number + 1}")

@@ -64,6 +64,6 @@ def test_accuracy_report_compares_mpc_with_plaintext(tiny_checkpoints, data_dir)
 
     report = accuracy_report(str(tiny_checkpoints["sm+r"]), prompts=1, length=12, data_dir=data_dir)
     assert report["positions"] == 12 and report["dealer"] == "ttp"
-    assert report["max_abs_error"] < LOGIT_TOLERANCE
+    assert report["max_abs_logit_error"] < LOGIT_TOLERANCE
     assert report["top1_agreement"] >= 0.9
     assert abs(report["ppl_mpc"] / report["ppl_plaintext"] - 1) < 0.02

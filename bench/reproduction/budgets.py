@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bench.reproduction.paper import PAPER_BATCH_SIZE, PAPER_STEPS
-from models.config import VARIANTS
+from models.config import ALIASES, VARIANTS
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ BUDGETS: dict[str, Budget] = {
         preset="tiny",
         steps=12,
         batch_size=8,
-        variants=("SM+LN+G", "EReg(SM(t)+ScFuFFN)"),
+        variants=(ALIASES["baseline"], ALIASES["aero"]),
         eval_interval=12,
         eval_batches=2,
         max_files=60,

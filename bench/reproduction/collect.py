@@ -46,7 +46,9 @@ def collect(run: Run) -> dict[str, pd.DataFrame]:
         for arch in run.variants
         for report in (_read_json(run.record("accuracy", arch)) or {}).get("reports", [])
     ]
-    frames["accuracy"] = pd.DataFrame(accuracy)
+    # records written before the accuracy vocabulary was unified name the errors without "logit"
+    renamed = {"max_abs_error": "max_abs_logit_error", "mean_abs_error": "mean_abs_logit_error"}
+    frames["accuracy"] = pd.DataFrame(accuracy).rename(columns=renamed)
     frames["stage_seconds"] = pd.DataFrame(
         [
             {"arch": arch, "stage": stage, "seconds": record["stage_seconds"]}

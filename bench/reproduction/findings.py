@@ -7,6 +7,7 @@ import math
 
 import pandas as pd
 
+from bench.report import BASELINE
 from bench.reproduction.paper import (
     ABLATION,
     AERO,
@@ -122,8 +123,8 @@ def entropy_findings(distribution: pd.DataFrame, heads: pd.DataFrame) -> list[di
                 )
             )  # fmt: skip
     overload = _bin_fraction(distribution, "SM+G", HIGHEST)
-    base = _bin_fraction(distribution, "SM+LN+G", HIGHEST)
-    paper_overload, paper_base = PAPER_HEADS["SM+G"][3], PAPER_HEADS["SM+LN+G"][3]
+    base = _bin_fraction(distribution, BASELINE, HIGHEST)
+    paper_overload, paper_base = PAPER_HEADS["SM+G"][3], PAPER_HEADS[BASELINE][3]
     if not math.isnan(overload + base):
         verdict = "reproduced" if overload > base else "not reproduced"
         rows.append(
@@ -190,16 +191,16 @@ def uniform_exit(trajectory: pd.DataFrame, training: pd.DataFrame) -> list[dict]
         lowest = part.groupby("tokens").entropy_fraction_of_log_t.min()
         left = lowest[lowest < uniform_fraction(length) - LEFT_UNIFORM]
         exits[arch] = float(left.index[0]) if len(left) else math.nan
-    if "SM+LN+G" not in exits:
+    if BASELINE not in exits:
         return []
     text = "; ".join(
         f"{arch} {value / 1e6:.2f} M" if not math.isnan(value) else f"{arch} never"
         for arch, value in exits.items()
     )
     free = [exits[a] for a in ("SM+G", "SM+R", "SM") if a in exits]
-    later = [v for v in free if math.isnan(v) or v > exits["SM+LN+G"]]
+    later = [v for v in free if math.isnan(v) or v > exits[BASELINE]]
     verdict = f"LN-free later in {len(later)} of {len(free)}" if free else "no LN-free model"
-    ratio = max((v for v in free if not math.isnan(v)), default=math.nan) / exits["SM+LN+G"]
+    ratio = max((v for v in free if not math.isnan(v)), default=math.nan) / exits[BASELINE]
     return [
         _finding(
             "uniform_exit", "tokens until attention leaves uniform (some layer 0.05 log T below)",
@@ -256,8 +257,8 @@ def savings(table4: pd.DataFrame, shapes: pd.DataFrame) -> list[dict]:
     table4_cost = PAPER_COST[TABLE4_SHAPE]
     table4_shape = TABLE4_SHAPE.replace(" ", ", ")  # "12L, T=128"
     paper_savings = {  # metric: (column, the paper's saving of aero against the baseline)
-        "comm": ("comm_saving_x", table4_cost["SM+LN+G"][1] / table4_cost[AERO][1]),
-        "WAN latency": ("wan_saving_x", table4_cost["SM+LN+G"][2] / table4_cost[AERO][2]),
+        "comm": ("comm_saving_x", table4_cost[BASELINE][1] / table4_cost[AERO][1]),
+        "WAN latency": ("wan_saving_x", table4_cost[BASELINE][2] / table4_cost[AERO][2]),
     }
     for protocol, part in table4.groupby("protocol", sort=False) if len(table4) else []:
         aero = part[part.arch == AERO]
@@ -276,7 +277,7 @@ def savings(table4: pd.DataFrame, shapes: pd.DataFrame) -> list[dict]:
     modelled = shapes[shapes.source == "cost model"] if len(shapes) else shapes
     for entry in modelled[modelled.arch == AERO].itertuples() if len(modelled) else []:
         paper = PAPER_COST[entry.shape][AERO][1]
-        paper_saving = PAPER_COST[entry.shape]["SM+LN+G"][1] / paper
+        paper_saving = PAPER_COST[entry.shape][BASELINE][1] / paper
         rows.append(
             _finding(
                 f"comm_saving_{entry.shape.replace(' ', '_')}_{entry.protocol}",

@@ -92,7 +92,7 @@ def _accuracy(accuracy: pd.DataFrame, arch: str, protocol: str) -> dict:
     if hit.empty:
         return dict.fromkeys(names, math.nan)
     first = hit.iloc[0]
-    values = [first.ppl_mpc, first.ppl_plaintext, first.top1_agreement, first.max_abs_error]
+    values = [first.ppl_mpc, first.ppl_plaintext, first.top1_agreement, first.max_abs_logit_error]
     return dict(zip(names, values, strict=True))
 
 

@@ -94,8 +94,8 @@ class CrypTenCosts:
 
     def weight_matmul(self, x: Shape, w: Shape) -> Cost:
         """X @ W for a server weight W. Stock: a Beaver `matmul`. With weight masks
-        (`mpc.optimized.weight_masks`) only X - A is opened (16 |X| B, 1 round); the dealer's C = A B
-        reaches rank 0 as any triple does (TFP: shared from party 0 without traffic)."""
+        (`mpc.optimized.weight_masks`) only X - A is opened (16 |X| B, 1 round); the dealer's
+        C = A B reaches rank 0 as any triple does (TFP: shared from party 0 without traffic)."""
         if not self.approx.weight_masks:
             return self.matmul(x, w)
         return self.dealer_request(matmul_shape(x, w)) + self.open(x)

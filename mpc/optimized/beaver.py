@@ -1,18 +1,18 @@
-"""The "optimized" protocol's multiplications: CrypTen's Beaver protocol with fast exact kernels,
-and matmuls against weights whose Beaver masks are reused across queries (`mpc.optimized.weight_masks`).
+"""The optimized profile's multiplications: CrypTen's Beaver protocol with fast exact kernels,
+and matmuls against weights whose Beaver masks are reused across queries (`weight_masks`).
 
-CrypTen picks its multiplication protocol by name (`cfg.mpc.protocol`, looked up in the arithmetic
-module's namespace): `install_multiplication` registers `OptimizedMultiplication` there under CRYPTEN_PROTOCOL_NAME and
-swaps in dealer-side providers that know fixed-mask triples. Everything else (elementwise
-multiplies, squares, binary ANDs) stays CrypTen's own code.
+CrypTen looks its multiplication protocol up by name (its config key `mpc.protocol`, a name in
+the arithmetic module's namespace): `install_multiplication` registers `OptimizedMultiplication`
+there under CRYPTEN_PROTOCOL_NAME and swaps in dealer-side providers that know fixed-mask
+triples. Everything else (elementwise multiplies, squares, binary ANDs) stays CrypTen's own code.
 
-What each knob changes (numbers are identical to the stock protocol's either way, bit for bit,
+What each knob changes (numbers are identical to the stock profile's either way, bit for bit,
 except for the fresh randomness):
-  * `ring_matmul`: int64 products through float64 limbs (`mpc.optimized.ring_matmul`), in the parties and
-    in the dealer; the triple's result shape is computed on the meta device instead of by a
+  * `fast_matmul`: int64 products through float64 limbs (`ring_matmul`), in the parties and in
+    the dealer; the triple's result shape is computed on the meta device instead of by a
     throw-away int64 product (CrypTen's TTP provider multiplies two random matrices only to learn
     the shape);
-  * `weight_masks`: a matmul against a registered weight opens only X - A; see `mpc.optimized.weight_masks`.
+  * `weight_masks`: a matmul against a registered weight opens only X - A (`weight_masks`).
 """
 
 from __future__ import annotations
@@ -119,8 +119,8 @@ PROTOCOL = OptimizedMultiplication()
 
 
 def install_multiplication(fast_matmul: bool) -> OptimizedMultiplication:
-    """Register `OptimizedMultiplication` as CrypTen's multiplication protocol in this process (a party
-    process serves one session, so nothing is restored)."""
+    """Register `OptimizedMultiplication` as CrypTen's multiplication protocol in this process
+    (a party process serves one session, so nothing is restored)."""
     crypten = import_crypten()
     from crypten.mpc.primitives import arithmetic
 

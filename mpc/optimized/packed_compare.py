@@ -30,9 +30,10 @@ call): planes opened = 126 (generate) + 93 + 48 + 24 + 12 + 6 + 2 (tree) = 311, 
 16 W (311 + 1) = 4992 W B, 8 rounds: 78 B/element for N a multiple of 64 (stock: 432 B, 8
 rounds). A TTP dealer adds to rank 0 only, per request, the request dict, the result's torch.Size
 and 8 B per element of its share (`ttp_request_bytes`), 3 rounds: 7 triples of 186 W words in all
-and B2A bits of N elements, 24 rounds. `CrypTenCosts.packed_ltz` gives the exact figure. Measured for
-N = 128 x 3072: 78.0 B/element (TTP server 109.25), stock 432 (544); one thread, about 0.1 CPU s
-per party per call against 0.4-0.7 s stock (the bit-sliced tree works on N / 64 words).
+and B2A bits of N elements, 24 rounds. `CrypTenCosts.packed_ltz` gives the exact figure.
+Measured for N = 128 x 3072: 78.0 B/element (TTP server 109.25), stock 432 (544); one thread,
+about 0.1 CPU s per party per call against 0.4-0.7 s stock (the bit-sliced tree works on N / 64
+words).
 """
 
 from __future__ import annotations

@@ -14,10 +14,25 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from mpc.session.control import DEFAULT_MAX_CONCURRENT, PeerError
+
+
+def wait_for_json(path: Path, timeout_s: float, what: str) -> dict:
+    """The JSON record another process writes atomically at `path`, awaited up to `timeout_s`
+    (a party may write its record a moment after its peer finished)."""
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise PeerError(f"{what} wrote no record to {path}")
+        time.sleep(0.1)
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise PeerError(f"{what} wrote a record that is not JSON: {path}") from None
 
 
 def free_port(host: str = "127.0.0.1", span: int = 2) -> int:
@@ -55,6 +70,12 @@ class LocalParties:
     def program(self, party: str, module: str, *args: str) -> list[str]:
         """The command line that runs `python -m module args` as `party`."""
         return [sys.executable, "-m", module, *args]
+
+    def server_record(self, query: int, timeout_s: float = 60) -> dict:
+        """The server's --measure-dir record of its `query`-th answered query (from 1)."""
+        return wait_for_json(
+            self.logs / "measure" / f"server-{query}.json", timeout_s, "the server"
+        )
 
     def log_text(self) -> str:
         return "\n".join(
@@ -182,7 +203,8 @@ def local_parties(
     folder.mkdir(parents=True, exist_ok=True)
     port, dealer_port = free_port(host, span=1 + max_concurrent), free_port(host, span=1)
     parties = LocalParties(host, port, folder)
-    server_args = ("--max-concurrent", str(max_concurrent), *server_args)
+    measure = ("--measure-dir", str(folder / "measure"))  # a later --measure-dir wins
+    server_args = (*measure, "--max-concurrent", str(max_concurrent), *server_args)
     try:
         flags = party_flags(
             checkpoint, dealer, (host, port), (host, dealer_port), timeout_s, server_args

@@ -147,9 +147,9 @@ def build_encrypted_model(
 def share_masked_weights(
     crypten: Any, model: Any, spec: SessionSpec, rank: int, secret: MaskSecret | None
 ) -> dict[str, float]:
-    """Weights with masks reused across queries (`mpc.optimized.weight_masks`): the server's secret goes to
-    the client over the MPC channel (never to the dealer), and the dealer gets the server's
-    shares once per loaded model."""
+    """Weights with masks reused across queries (`mpc.optimized.weight_masks`): the server's
+    secret goes to the client over the MPC channel (never to the dealer), and the dealer gets
+    the server's shares once per loaded model."""
     if rank == SERVER and secret is None:
         raise ValueError("weight masks need the server's MaskSecret")
     comm, approx = crypten.communicator.get(), spec.approx

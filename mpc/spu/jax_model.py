@@ -8,8 +8,9 @@ model's logits; compiled one executable per stage and chained on one SPU Runtime
 they give the per-category cost of secure inference. The sequence is (T, C) for one prompt; the LM
 head computes the last position only, as the secure CrypTen forward does.
 
-Weights come from a torch checkpoint through `mpc.session.secure_model.inference_model` (training-only
-parts dropped, weight and spectral norms folded), named as its state dict without `transformer.`.
+Weights come from a torch checkpoint through `mpc.session.secure_model.inference_model`
+(training-only parts dropped, weight and spectral norms folded), named as its state dict without
+`transformer.`.
 """
 
 from __future__ import annotations

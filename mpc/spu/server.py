@@ -26,13 +26,14 @@ from models.errors import UserError
 from mpc.session.control import (
     ControlError,
     PeerError,
+    accept_until,
     listen,
     one_line,
     recv_message,
     send_message,
 )
 from mpc.session.public_model import PublicModel
-from mpc.spu import BACKENDS, SpuError
+from mpc.spu import BACKENDS
 from mpc.spu.settings import SpuSettings, add_settings_arguments, settings_from_arguments
 
 
@@ -104,14 +105,16 @@ def serve(args: argparse.Namespace) -> int:
         flush=True,
     )
     served = 0
-    while not args.queries or served < args.queries:
-        conn, peer = listener.accept()
+
+    def answer(conn: socket.socket, peer: str) -> None:
+        """One query at a time: the SPU link port is the server's one (no thread returned)."""
+        nonlocal served
         served += 1
         try:
             record = serve_query(conn, args, public, weights, folder / "spu-server.log")
-        except (UserError, SpuError, RuntimeError) as error:
-            print(f"query {served} from {peer[0]} failed: {one_line(error)}", flush=True)
-            continue
+        except (UserError, RuntimeError) as error:
+            print(f"query {served} from {peer} failed: {one_line(error)}", flush=True)
+            return
         finally:
             conn.close()
         total = record["total"]
@@ -119,6 +122,10 @@ def serve(args: argparse.Namespace) -> int:
         if args.measure_dir:
             record = {**record, "public": public.to_dict()}
             atomic_write_json(folder / f"server-{served}.json", record)
+
+    accept_until(
+        listener, "SPU server", lambda: bool(args.queries) and served >= args.queries, answer
+    )
     return 0
 
 
