@@ -57,7 +57,8 @@ class Session:
 
 def crypten_record(record: dict) -> PartyRecord:
     step = record["steps"][0]
-    return PartyRecord(step["ops"], step, {"mask_setup": step.get("mask_setup") or {}})
+    setup = {key: step.get(key) or {} for key in ("mask_setup", "offline")}
+    return PartyRecord(step["ops"], step, setup)
 
 
 class CryptenSession(Session):

@@ -97,10 +97,12 @@ def add_accuracy(rows: list[ResultRow], target: Target, tokens: list[int], last:
 def query_rows(
     client: PartyRecord, server: PartyRecord, base: dict, repeat: int
 ) -> list[ResultRow]:
-    return [
-        *measured_rows(client.ops, client.total, "client", base, repeat),
-        *measured_rows(server.ops, server.total, "server", base, repeat),
-    ]
+    """Both parties' rows of one query; the server's total row carries its offline phase."""
+    rows = measured_rows(server.ops, server.total, "server", base, repeat)
+    if offline := server.extra.get("offline"):
+        rows[-1].offline_bytes = offline["bytes"]
+        rows[-1].offline_s = offline["wall_s"] + offline["rehearsal_s"]
+    return [*measured_rows(client.ops, client.total, "client", base, repeat), *rows]
 
 
 def report_progress(base: dict, repeat: int, repeats: int, rows, started: float) -> None:

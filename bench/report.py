@@ -163,8 +163,9 @@ def summary_table(df: pd.DataFrame, baseline: str = BASELINE) -> pd.DataFrame:
     sums = mean_over_repeats(
         totals,
         [*key, "party"],
-        ["bytes", "rounds", "wall_s", "projected_lan_s", "projected_wan_s", "os_bytes"],
-    )
+        ["bytes", "rounds", "wall_s", "projected_lan_s", "projected_wan_s", "os_bytes",
+         "offline_bytes", "offline_s"],
+    )  # fmt: skip
     client = sums[sums.party == "client"].set_index(key)
     server = sums[sums.party == "server"].set_index(key).reindex(client.index)
     out = pd.DataFrame(index=client.index)
@@ -177,6 +178,8 @@ def summary_table(df: pd.DataFrame, baseline: str = BASELINE) -> pd.DataFrame:
     out["projected_wan_s"] = client.projected_wan_s
     out["projected_wan_min"] = client.projected_wan_s / 60
     out["os_gb"] = client.os_bytes / 1e9
+    out["offline_gb"] = server.offline_bytes / 1e9
+    out["offline_s"] = server.offline_s
     settings = out.index.droplevel("arch")
     has_base = baseline in out.index.get_level_values("arch")
     for name, column in (("comm", "comm_gb"), ("wall", "wall_s"), ("wan", "projected_wan_s")):
@@ -259,6 +262,8 @@ SUMMARY_COST = [  # (header, column, formatter)
     ("repeats", "repeats", str),
     ("comm GB", "comm_gb", num),
     ("dealer GB", "dealer_gb", num),
+    ("offline GB", "offline_gb", num),
+    ("offline s", "offline_s", num),
     ("rounds", "rounds", lambda x: "-" if pd.isna(x) else f"{x:,.0f}"),
     ("measured s", "wall_s", num),
     ("LAN s (proj.)", "projected_lan_s", num),
@@ -322,7 +327,9 @@ def summary_markdown(df: pd.DataFrame, baseline: str = BASELINE) -> str:
         "",
         f"Setting: {describe(constant)}. Means over repeats (maxima for peak memory and logit",
         "error). Communication is the client's count (both directions between the parties);",
-        "dealer GB is the server's extra traffic (server - client); kernel GB is the client's",
+        "dealer GB is the server's extra traffic during the query (server - client); offline GB",
+        "and s are the dealer's material fetched before the prompt is shared (offline_dealer,",
+        "with the rehearsal that planned it); kernel GB is the client's",
         "kernel TCP byte count, a check on CrypTen's. LAN and WAN times are projections",
         "(compute + bytes / bandwidth + rounds x RTT), not measurements; WAN is 100 Mbit/s, 80 ms.",
         "",

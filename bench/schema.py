@@ -57,6 +57,10 @@ class ResultRow:
     peak_rss_mb: float = math.nan  # total rows only
     max_abs_logit_error: float = math.nan  # client total rows, against plaintext
     top1_match: float = math.nan  # client total rows: 1 if the MPC argmax equals plaintext's
+    # server total rows, offline_dealer: the dealer's material fetched before the prompt was
+    # shared (bytes rank 0 logged; seconds of the rehearsal that planned it plus the transfer)
+    offline_bytes: float = math.nan
+    offline_s: float = math.nan
 
     @classmethod
     def columns(cls) -> list[str]:

@@ -79,6 +79,12 @@ class ApproxConfig(JsonConfig):
     weight_masks: bool = False  # share each weight once per model; queries open only X - A
     fast_matmul: bool = False  # exact int64 products through float64 BLAS (CPU time only)
     comparison: str = "stock"  # "packed": carry-only, bit-sliced less-than-zero (~4.7x fewer B)
+    # Openings and reveals on one TCP connection between the parties instead of gloo's
+    # collectives (mpc.session.transport): half a round trip per round instead of about two.
+    pair_channel: bool = False
+    # ttp: the dealer's whole material of a query in one message before the prompt is shared,
+    # no dealer round trip online (mpc.optimized.offline_dealer)
+    offline_dealer: bool = False
 
     def __post_init__(self) -> None:
         for name in POSITIVE_INT_FIELDS:
@@ -100,7 +106,7 @@ class ApproxConfig(JsonConfig):
         self._check_choice("gelu_form", GELU_FORMS)
         self._check_choice("softmax_form", SOFTMAX_FORMS)
         self._check_choice("comparison", COMPARISONS)
-        for name in ("weight_masks", "fast_matmul"):
+        for name in ("weight_masks", "fast_matmul", "pair_channel", "offline_dealer"):
             if not isinstance(getattr(self, name), bool):
                 raise ApproxError(f"{name} must be true or false, got {getattr(self, name)!r}")
         bound = self.softmax_logit_bound
@@ -130,12 +136,16 @@ PROFILES: dict[str, dict[str, Any]] = {
         "fast_matmul": False,
         "comparison": "stock",
         "softmax_form": "stock",
+        "pair_channel": False,
+        "offline_dealer": False,
     },
     "optimized": {
         "weight_masks": True,
         "fast_matmul": True,
         "comparison": "packed",
         "softmax_form": "tree",
+        "pair_channel": True,
+        "offline_dealer": True,
     },
 }
 

@@ -125,8 +125,9 @@ def _server_party(
     try:
         state = load_checkpoint(checkpoint_path).model_state
         outcome = run_party(spec, SERVER, None, state, mask_secret=mask_secret)
-        if outcome.setup and outcome.steps:
+        if outcome.steps:
             outcome.steps[0]["mask_setup"] = outcome.setup
+            outcome.steps[0]["offline"] = outcome.offline
         results.send(("ok", outcome.steps))
     except UserError as error:
         results.send(("error", str(error)))

@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+import types
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -94,6 +95,8 @@ def _received(name: str, call: dict, result: Any, rank: int) -> dict | None:
         if call["src"] == rank:
             return None
         return {"src": call["src"], "received": [_plain(v) for v in _as_list(result)]}
+    if name == "send":  # sent only: what left is recorded at the wire level
+        return None
     if name in ("recv", "recv_obj"):
         return {"src": call.get("src"), "received": [_plain(result)]}
     if name == "irecv":  # filled in when the caller waits: keep the tensor itself
@@ -120,7 +123,11 @@ COMM_METHODS = (
 
 
 def _record_comm(cls: type, name: str) -> None:
-    original = getattr(cls, name)
+    setattr(cls, name, _recording_comm(getattr(cls, name), name))
+
+
+def _recording_comm(original, name: str):
+    """`original` (an unbound communicator method) wrapped to record what this party received."""
     signature = inspect.signature(original)
 
     @functools.wraps(original)
@@ -133,7 +140,25 @@ def _record_comm(cls: type, name: str) -> None:
             EVENTS.append({"kind": "comm", "method": name, **event})
         return result
 
-    setattr(cls, name, recording)
+    return recording
+
+
+def _record_pair_channel() -> None:
+    """The pair channel (`mpc.session.transport`) replaces the communicator's all_reduce, send
+    and recv on the session's instance: record those too, as the class's methods are."""
+    import mpc.session.party as party
+
+    original = party.install_pair_channel
+
+    @functools.wraps(original)
+    def install(crypten, channel, rank):
+        original(crypten, channel, rank)
+        comm = crypten.communicator.get()
+        for name in ("all_reduce", "send", "recv"):
+            function = getattr(comm, name).__func__
+            setattr(comm, name, types.MethodType(_recording_comm(function, name), comm))
+
+    party.install_pair_channel = install
 
 
 def _record_provider(cls: type, name: str) -> None:
@@ -231,6 +256,7 @@ def install() -> None:
     _record_weight_masks()
     _record_cryptensors(crypten)
     install_wire_hooks(EVENTS)
+    _record_pair_channel()
     _installed = True
 
 

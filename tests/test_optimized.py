@@ -25,6 +25,8 @@ KNOBS = {
     "fast_matmul": {"fast_matmul": True},
     "packed_comparison": {"comparison": "packed"},
     "tree_softmax": {"softmax_form": "tree"},
+    "pair_channel": {"pair_channel": True},
+    "offline_dealer": {"offline_dealer": True},
 }
 
 
@@ -65,6 +67,9 @@ def test_each_optimization_alone(knob, tiny_checkpoints, tiny_data, tmp_path):
     assert record["approx"] == approx.to_dict(), "the record states the knobs that ran"
     check_logits(record, checkpoint, ids, knob)
     check_costs(record, server, approx, len(ids), knob)
+    if knob == "offline_dealer":  # the server's dealer requests all went before the query
+        offline = server["steps"][0]["offline"]
+        assert offline["requests"] > 0 and offline["rounds"] == 3 and offline["bytes"] > 0
 
 
 def test_weight_masks_are_uploaded_once_and_reused(tiny_checkpoints, tiny_data, tmp_path):

@@ -6,7 +6,9 @@ assumption: it wraps the `torch.distributed` functions themselves (send, recv, r
 all_reduce, broadcast, ...) and, for every call, keeps a copy of each tensor argument before the
 call (what this process put in: its own data) and after it completed (what its memory holds: a
 collective such as gloo's reduce works in place on both ranks, so a non-root buffer can end up
-holding part of the sum). Asynchronous calls are recorded when their work is waited for.
+holding part of the sum). Asynchronous calls are recorded when their work is waited for. The
+parties' own TCP channel (`mpc.session.transport`), which carries the optimized profile's
+openings and reveals instead of gloo, is recorded frame by frame the same way.
 
 Events: {"kind": "wire", "fn": name, "before": [tensors], "after": [tensors]}, appended to
 `curious_recorder.EVENTS` so they travel in the same transcript.
@@ -73,8 +75,32 @@ def _wrap(name: str, events: list) -> None:
     setattr(dist, name, recording)
 
 
+def _wrap_pair_channel(events: list) -> None:
+    """The parties' own TCP channel (`mpc.session.transport.PairChannel`): every frame this
+    process sent (its own data) and every frame it received, as the buffer it landed in."""
+    from mpc.session.transport import PairChannel
+
+    send, recv_into = PairChannel.send, PairChannel.recv_into
+
+    @functools.wraps(send)
+    def sending(self, tensor):
+        mine = tensor.detach().clone()
+        events.append({"kind": "wire", "fn": "channel.send", "before": [mine], "after": [mine]})
+        return send(self, tensor)
+
+    @functools.wraps(recv_into)
+    def receiving(self, out):
+        result = recv_into(self, out)
+        after = [result.detach().clone()]
+        events.append({"kind": "wire", "fn": "channel.recv", "before": [], "after": after})
+        return result
+
+    PairChannel.send, PairChannel.recv_into = sending, receiving
+
+
 def install_wire_hooks(events: list) -> None:
-    """Record every `torch.distributed` call of this process into `events`."""
+    """Record every `torch.distributed` call and every pair-channel frame of this process."""
     for name in WIRE_FUNCTIONS:
         if hasattr(dist, name):
             _wrap(name, events)
+    _wrap_pair_channel(events)

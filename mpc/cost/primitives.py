@@ -78,7 +78,10 @@ class CrypTenCosts:
 
     def dealer_request(self, result: Shape) -> Cost:
         """Correlated randomness of one protocol call whose dealer-made share has shape `result`:
-        with TTP rank 0 logs the request (3 rounds); TFP and rank 1 generate it locally."""
+        with TTP rank 0 logs the request (3 rounds); TFP and rank 1 generate it locally; with
+        `offline_dealer` it was delivered before the query (nothing online)."""
+        if self.approx.offline_dealer:
+            return ZERO
         if self.dealer == "ttp" and self.party == PARTY_NAMES[SERVER]:
             return Cost(ttp_request_bytes(result), 3)
         return ZERO

@@ -20,6 +20,7 @@ import torch
 
 from mpc.optimized.beaver import ring_op
 from mpc.optimized.mask_store import MaskStore
+from mpc.optimized.offline_dealer import answer_plan
 from mpc.optimized.ring_matmul import ring_matmul
 
 
@@ -62,6 +63,10 @@ def serve_dealer_session(
             dist.recv(share, src=0, group=self.comm_group)
             self.store.store(mask_id, key, share, last)
             return torch.ones(1, dtype=torch.long)
+
+        def prepare(self, requests: list) -> torch.Tensor:
+            """The offline phase: a whole query's requests answered in one message."""
+            return answer_plan(self, requests)
 
         def fixed_mask(self, size, mask_id: str, key: str, transposed: bool) -> torch.Tensor:
             a = self._get_additive_PRSS(size)

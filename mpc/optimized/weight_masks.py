@@ -128,6 +128,12 @@ class WeightMasks:
             z += ring_matmul(epsilon, oriented(weight.share + weight.client_share))  # E W
         return ArithmeticSharedTensor.from_shares(z, precision=0)
 
+    def fixed_mask_shape(self, size, mask_id: str, key: str, transposed: bool) -> torch.Size:
+        """The shape of the dealer's C = A B for a fixed-mask request (offline rehearsal)."""
+        weight = next(w for w in self.by_storage.values() if w.key == key)
+        shape = weight.share.t().shape if transposed else weight.share.shape
+        return result_size("matmul", size, shape)
+
     def fixed_mask_pair(self, size: torch.Size, weight: MaskedWeight, transposed: bool):
         """Shares of a fresh A of `size` and of C = A B for the weight's fixed B."""
         import_crypten()

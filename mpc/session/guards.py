@@ -14,6 +14,7 @@ from datetime import timedelta
 
 from models.cli import UserError
 from mpc.session.control import PeerError
+from mpc.session.transport import ChannelError
 
 WATCHDOG_GRACE_S = 5.0
 _user_stderr: int | None = None  # the real stderr while native_stderr_to_file holds fd 2
@@ -98,9 +99,12 @@ def distributed_timeout(seconds: float):
 
 @contextlib.contextmanager
 def translate_peer_errors(doing: str):
-    """gloo reports a vanished or silent peer as RuntimeError; make it one clear PeerError."""
+    """gloo reports a vanished or silent peer as RuntimeError, the pair channel as ChannelError;
+    make either one clear PeerError."""
     try:
         yield
+    except ChannelError as error:
+        raise PeerError(f"MPC session failed while {doing}: {error}") from None
     except RuntimeError as error:
         text = " ".join(str(error).split())
         if "imed out" in text or "timeout" in text.lower():

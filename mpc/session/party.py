@@ -30,6 +30,7 @@ from mpc.measure import (
 )
 from mpc.ops import CryptenOps
 from mpc.optimized.beaver import install_multiplication
+from mpc.optimized.offline_dealer import DealerLink, prepare_offline
 from mpc.optimized.weight_masks import MaskSecret, WeightMasks
 from mpc.roles import CLIENT, DEALER, SERVER
 from mpc.session.control import ControlError
@@ -42,6 +43,7 @@ from mpc.session.secure_model import (
     inference_model,
     one_hot,
 )
+from mpc.session.transport import PairChannel, install_pair_channel, open_pair_channel
 
 
 @dataclass
@@ -77,6 +79,8 @@ class PartyResult:
     # once per session, before the queries: weight-mask set-up (bytes of B sent to the dealer:
     # nonzero only in the first session of a loaded model)
     setup: dict[str, float] = field(default_factory=dict)
+    # the dealer's material delivered before the prompt is shared (server, offline_dealer)
+    offline: dict[str, float] = field(default_factory=dict)
 
 
 def start_crypten(spec: SessionSpec, rank: int) -> Any:
@@ -211,6 +215,45 @@ def run_queries(
     return result
 
 
+def connect_parties(crypten: Any, spec: SessionSpec, rank: int) -> PairChannel | None:
+    """With `pair_channel`, the session's openings and reveals go over one TCP connection
+    between the parties (`mpc.session.transport`); else over CrypTen's gloo collectives."""
+    if not spec.approx.pair_channel:
+        return None
+    with translate_peer_errors("opening the pair channel"):
+        channel = open_pair_channel(crypten.communicator.get(), rank, spec.host, spec.timeout_s)
+    install_pair_channel(crypten, channel, rank)
+    return channel
+
+
+def dealer_link(crypten: Any, spec: SessionSpec, rank: int) -> DealerLink | None:
+    """The server's link to a ttp dealer that delivers a query's material offline."""
+    if not (spec.approx.offline_dealer and spec.dealer == "ttp" and rank == SERVER):
+        return None
+    from crypten.mpc.provider.ttp_provider import TTPClient
+
+    return DealerLink(TTPClient.get())
+
+
+def offline_phase(crypten: Any, model: Any, spec: SessionSpec, link: DealerLink) -> dict:
+    """Rehearse the query's forward passes on dummy shares to plan its dealer requests, then
+    fetch all their results in one message (`mpc.optimized.offline_dealer`)."""
+    masks = install_multiplication(spec.approx.fast_matmul).masks
+    if masks is not None:
+        link.result_shapes["fixed_mask"] = masks.fixed_mask_shape
+    vocab, last_only = spec.config.vocab_size, not spec.all_positions
+
+    def forward(length: int) -> None:
+        dummy = crypten.cryptensor(torch.zeros(1, length, vocab), src=CLIENT)
+        model(dummy, last_only=last_only)
+
+    lengths = [spec.prompt_length + step for step in range(spec.new_tokens)]
+    with translate_peer_errors("preparing the dealer's material"):
+        offline = prepare_offline(crypten, link, forward, lengths)
+    crypten.communicator.get().reset_communication_stats()
+    return offline
+
+
 def run_party(
     spec: SessionSpec,
     rank: int,
@@ -225,9 +268,21 @@ def run_party(
     crypten = start_crypten(spec, rank)
     with translate_peer_errors("checking the model"):
         check_same_model(crypten, rank, spec.public.fingerprint())
-    model, setup = build_encrypted_model(crypten, spec, rank, state, mask_secret)
-    result = run_queries(crypten, model, spec, rank, prompt, on_step)
-    result.setup = setup
+    channel = connect_parties(crypten, spec, rank)
+    link = dealer_link(crypten, spec, rank)
+    try:
+        model, setup = build_encrypted_model(crypten, spec, rank, state, mask_secret)
+        offline = offline_phase(crypten, model, spec, link) if link is not None else {}
+        with translate_peer_errors("waiting for the other party"):
+            ready = "ready" if rank == SERVER else None  # the query starts together
+            crypten.communicator.get().broadcast_obj(ready, SERVER)
+        result = run_queries(crypten, model, spec, rank, prompt, on_step)
+        if link is not None:
+            link.finish()
+    finally:
+        if channel is not None:
+            channel.close()
+    result.setup, result.offline = setup, offline
     with translate_peer_errors("closing the session"):
         crypten.uninit()
     return result
