@@ -72,10 +72,23 @@ class CryptenSession(Session):
         client = self.parties.client(
             "--tokens", str(prompt), "--timeout", timeout, "--threads", str(self.args.threads),
             timeout_s=4 * self.args.timeout,  # each of the query's waits may take `timeout`
+            on_progress=progress_printer(),
         )  # fmt: skip
         server = crypten_record(self.parties.server_record(repeat + 1, self.args.timeout))
         report_mask_setup(server)
         return crypten_record(client), server, client["logits"][0][-1]
+
+
+def progress_printer(quiet_s: float = 5.0):
+    """Relays the client's progress lines once a query has run `quiet_s` seconds (short queries
+    stay quiet; a GPT-2 query over a WAN says where it is)."""
+    started = time.perf_counter()
+
+    def show(line: str) -> None:
+        if time.perf_counter() - started > quiet_s:
+            print(f"    {line}", flush=True)
+
+    return show
 
 
 def report_mask_setup(server: PartyRecord) -> None:

@@ -38,6 +38,7 @@ from mpc.session.control import (
 )
 from mpc.session.guards import native_stderr_to_file
 from mpc.session.party import SessionSpec, run_party
+from mpc.session.progress import MODES, QueryProgress
 from mpc.session.public_model import PublicModel, accept_description
 
 EXIT_BUSY = 75  # sysexits' EX_TEMPFAIL: "try again later"
@@ -174,7 +175,11 @@ def query(args: argparse.Namespace) -> dict:
         )
 
     with native_stderr_to_file("aero-pi-client-"):
-        result = run_party(spec, CLIENT, ids, None, on_step=report)
+        progress = QueryProgress(args.progress, cfg.n_layer, args.max_new_tokens)
+        try:
+            result = run_party(spec, CLIENT, ids, None, on_step=report, on_layer=progress.layer)
+        finally:
+            progress.close()
     return {
         "arch": cfg.arch,
         "fingerprint": public.fingerprint(),
@@ -223,6 +228,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--expect-fingerprint", help="refuse a server whose model differs")
     parser.add_argument("--expect-arch", help="refuse a server serving another architecture")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--progress",
+        choices=MODES,
+        default="auto",
+        help="a bar on the terminal (auto: only if stderr is one), one stdout line per block "
+        "(lines), or none",
+    )
     parser.add_argument("--json-out", help="write tokens, logits and costs to this JSON file")
     args = parser.parse_args(argv)
     if args.max_new_tokens < 1:

@@ -83,7 +83,13 @@ def test_prompt_from_a_file_or_standard_input(parties, tmp_path, tiny_checkpoint
     path = tmp_path / "prompt.txt"
     path.write_text(text)
     assert parties.client("--prompt-file", str(path))["prompt_ids"] == expected
-    assert parties.client("--prompt-file", "-", stdin=text)["prompt_ids"] == expected
+    lines: list[str] = []
+    record = parties.client("--prompt-file", "-", stdin=text, on_progress=lines.append)
+    assert record["prompt_ids"] == expected
+    assert [line.split(" elapsed")[0] for line in lines] == [
+        "token 1/1 layer 1/2",
+        "token 1/1 layer 2/2",
+    ], "one progress line per transformer block"
     stderr = parties.client("--prompt-file", str(tmp_path / "missing.txt"), check=False)
     assert stderr.count("\n") == 1 and "cannot read prompt file" in stderr, stderr
 

@@ -14,11 +14,13 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from mpc.session.control import DEFAULT_MAX_CONCURRENT, PeerError
+from mpc.session.progress import LINE_PREFIX
 
 
 def wait_for_json(path: Path, timeout_s: float, what: str) -> dict:
@@ -58,6 +60,43 @@ def free_port(host: str = "127.0.0.1", span: int = 2) -> int:
     raise RuntimeError("no free port range found")
 
 
+def run_streaming(
+    command: list[str], stdin: str | None, timeout_s: float, on_progress
+) -> subprocess.CompletedProcess:
+    """subprocess.run with captured output; with `on_progress`, the progress lines of stdout
+    are handed over as they arrive (the process is killed past `timeout_s`)."""
+    if on_progress is None:
+        return subprocess.run(
+            command, input=stdin, capture_output=True, text=True, timeout=timeout_s
+        )
+    process = subprocess.Popen(
+        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    timer = threading.Timer(timeout_s, process.kill)
+    timer.start()
+    stderr: list[str] = []
+    reader = threading.Thread(target=lambda: stderr.append(process.stderr.read()), daemon=True)
+    reader.start()
+    try:
+        if stdin:
+            process.stdin.write(stdin)
+        process.stdin.close()
+        lines = []
+        for line in process.stdout:
+            if line.startswith(LINE_PREFIX):
+                on_progress(line[len(LINE_PREFIX) :].strip())
+            else:
+                lines.append(line)
+        process.wait()
+        reader.join()
+    finally:
+        expired = not timer.is_alive()
+        timer.cancel()
+    if expired and process.returncode != 0:
+        raise subprocess.TimeoutExpired(command, timeout_s)
+    return subprocess.CompletedProcess(command, process.returncode, "".join(lines), stderr[0])
+
+
 class LocalParties:
     """Handles on the running dealer and server, and a way to run the client against them.
     Subclasses change where a party's program runs by overriding `program`."""
@@ -89,10 +128,12 @@ class LocalParties:
         check: bool = True,
         name: str = "client",
         stdin: str | None = None,
+        on_progress: Callable[[str], None] | None = None,
     ) -> dict | str:
         """Run the client program (`stdin` is its standard input); the parsed JSON record, or
         its stderr when check is False. Concurrent clients need distinct `name`s (their JSON
-        records are LOGS/NAME.json)."""
+        records are LOGS/NAME.json). With `on_progress`, the client runs with `--progress
+        lines` and each of its progress lines is handed over as it comes."""
         out = self.logs / f"{name}.json"
         out.unlink(missing_ok=True)
         command = self.program(
@@ -106,10 +147,10 @@ class LocalParties:
             str(out),
             *args,
         )
+        if on_progress is not None:
+            command += ["--progress", "lines"]
         try:
-            done = subprocess.run(
-                command, input=stdin, capture_output=True, text=True, timeout=timeout_s
-            )
+            done = run_streaming(command, stdin, timeout_s, on_progress)
         except subprocess.TimeoutExpired:
             raise PeerError(f"the client did not finish within {timeout_s:.0f} s") from None
         if not check:

@@ -35,6 +35,7 @@ from mpc.optimized.weight_masks import MaskSecret, WeightMasks
 from mpc.roles import CLIENT, DEALER, SERVER
 from mpc.session.control import ControlError
 from mpc.session.guards import distributed_timeout, start_watchdog, translate_peer_errors, watchdog
+from mpc.session.progress import watch_blocks
 from mpc.session.public_model import PublicModel
 from mpc.session.reveal import reveal_to
 from mpc.session.secure_model import (
@@ -171,18 +172,29 @@ def share_masked_weights(
 
 
 def run_queries(
-    crypten: Any, model: Any, spec: SessionSpec, rank: int, prompt: list[int] | None, on_step=None
+    crypten: Any,
+    model: Any,
+    spec: SessionSpec,
+    rank: int,
+    prompt: list[int] | None,
+    on_step=None,
+    on_layer=None,
 ) -> PartyResult:
     """The generation loop, identical on both parties; only the client has the prompt and learns
     the revealed logits and the chosen tokens. Each step records this party's costs per
-    (layer, category) and the kernel's socket byte count beside CrypTen's."""
+    (layer, category) and the kernel's socket byte count beside CrypTen's; `on_layer(step,
+    layer)` is called after each transformer block (progress)."""
     result = PartyResult()
     ids = list(prompt or [])
     vocab = spec.config.vocab_size
     comm = crypten.communicator.get()
     recorder = CostRecorder(comm)
     attach_cost_hooks(model, recorder)
+    current = [0]  # the step the block hooks report
+    if on_layer is not None:
+        watch_blocks(model, lambda layer: on_layer(current[0], layer))
     for step in range(spec.new_tokens):
+        current[0] = step
         length = spec.prompt_length + step
         comm.reset_communication_stats()
         recorder.reset()
@@ -261,10 +273,11 @@ def run_party(
     state: dict | None,
     on_step=None,
     mask_secret: MaskSecret | None = None,
+    on_layer=None,
 ) -> PartyResult:
     """A whole session for the server (with `state` and, for weight masks, its `mask_secret`)
-    or the client (with `prompt`); `on_step(step, result)` is called after each forward pass
-    (progress reports)."""
+    or the client (with `prompt`); `on_step(step, result)` is called after each forward pass and
+    `on_layer(step, layer)` after each transformer block (progress reports)."""
     crypten = start_crypten(spec, rank)
     with translate_peer_errors("checking the model"):
         check_same_model(crypten, rank, spec.public.fingerprint())
@@ -276,7 +289,7 @@ def run_party(
         with translate_peer_errors("waiting for the other party"):
             ready = "ready" if rank == SERVER else None  # the query starts together
             crypten.communicator.get().broadcast_obj(ready, SERVER)
-        result = run_queries(crypten, model, spec, rank, prompt, on_step)
+        result = run_queries(crypten, model, spec, rank, prompt, on_step, on_layer)
         if link is not None:
             link.finish()
     finally:
