@@ -27,6 +27,7 @@ SIGMOID_TANH_METHODS = ("reciprocal", "chebyshev")
 GELU_FORMS = form_names("gelu")  # the registry (mpc.forms) is the one list of forms
 SOFTMAX_FORMS = form_names("softmax")
 COMPARISONS = ("stock", "packed")
+SOFTMAX_RECIPROCALS = ("newton", "bracketed")
 POSITIVE_INT_FIELDS = (
     "precision_bits",
     "exp_iterations",
@@ -40,6 +41,7 @@ CHOICES = {
     "gelu_form": GELU_FORMS,
     "softmax_form": SOFTMAX_FORMS,
     "comparison": COMPARISONS,
+    "softmax_reciprocal": SOFTMAX_RECIPROCALS,
 }
 MAX_PRECISION_BITS = 20
 MAX_SOFTMAX_LOGIT_BOUND = 4.0
@@ -74,6 +76,11 @@ class ApproxConfig(JsonConfig):
     # Max-free softmax only: accurate when each row's max logit lies in [-b, b]. The window is
     # narrow because 16 fraction bits give exp and reciprocal ~2^16 of dynamic range.
     softmax_logit_bound: float = 2.5
+    # The tree and max-free softmaxes' reciprocal of the row sums: "newton" (CrypTen's: an
+    # exp-based guess and reciprocal_iterations steps, 28 rounds) or "bracketed" (a comparison
+    # against the powers of two in the sums' known range, then 3 steps: 15 rounds with packed
+    # comparisons; mpc.forms.softmax.bracketed_reciprocal)
+    softmax_reciprocal: str = "newton"
     # Protocol knobs (mpc.optimized: beaver, weight_masks, packed_compare): the same numbers,
     # fewer bytes, rounds or seconds. PROFILES names the two standard settings.
     weight_masks: bool = False  # share each weight once per model; queries open only X - A
@@ -106,6 +113,7 @@ class ApproxConfig(JsonConfig):
         self._check_choice("gelu_form", GELU_FORMS)
         self._check_choice("softmax_form", SOFTMAX_FORMS)
         self._check_choice("comparison", COMPARISONS)
+        self._check_choice("softmax_reciprocal", SOFTMAX_RECIPROCALS)
         for name in ("weight_masks", "fast_matmul", "pair_channel", "offline_dealer"):
             if not isinstance(getattr(self, name), bool):
                 raise ApproxError(f"{name} must be true or false, got {getattr(self, name)!r}")
@@ -138,6 +146,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "softmax_form": "stock",
         "pair_channel": False,
         "offline_dealer": False,
+        "softmax_reciprocal": "newton",
+        "gelu_form": "poly",
     },
     "optimized": {
         "weight_masks": True,
@@ -146,27 +156,35 @@ PROFILES: dict[str, dict[str, Any]] = {
         "softmax_form": "tree",
         "pair_channel": True,
         "offline_dealer": True,
+        "softmax_reciprocal": "bracketed",
+        "gelu_form": "poly_parallel",
     },
 }
 
 
-def with_profile(approx: ApproxConfig, profile: str) -> ApproxConfig:
-    """`approx` with the protocol knobs of a named profile (a max-free softmax is kept: it is an
-    approximation choice, available under both profiles)."""
+# Approximation choices that change the computed function, not only its cost: every profile
+# keeps them (a max-free softmax, a tanh or erf GELU); the profile's own forms compute the same
+# function as the stock ones.
+KEPT_CHOICES = {"softmax_form": ("max_free",), "gelu_form": ("tanh", "erf")}
+
+
+def profile_knobs(approx: ApproxConfig, profile: str) -> dict[str, Any]:
+    """The knobs `profile` sets on `approx`: all of PROFILES[profile] but the kept choices."""
     if profile not in PROFILES:
         raise ApproxError(f"unknown protocol profile {profile!r}; choose {list(PROFILES)}")
-    knobs = dict(PROFILES[profile])
-    if approx.softmax_form == "max_free":
-        knobs.pop("softmax_form")
-    return approx.replace(**knobs)
+    kept = {name for name, values in KEPT_CHOICES.items() if getattr(approx, name) in values}
+    return {k: v for k, v in PROFILES[profile].items() if k not in kept}
+
+
+def with_profile(approx: ApproxConfig, profile: str) -> ApproxConfig:
+    """`approx` with the protocol knobs of a named profile (kept choices stay)."""
+    return approx.replace(**profile_knobs(approx, profile))
 
 
 def profile_name(approx: ApproxConfig) -> str:
     """ "stock" or "optimized" when every protocol knob matches that profile, else "custom"."""
-    for name, knobs in PROFILES.items():
-        relevant = {k: v for k, v in knobs.items() if k != "softmax_form"}
-        softmax_ok = approx.softmax_form in (knobs["softmax_form"], "max_free")
-        if softmax_ok and all(getattr(approx, k) == v for k, v in relevant.items()):
+    for name in PROFILES:
+        if all(getattr(approx, k) == v for k, v in profile_knobs(approx, name).items()):
             return name
     return "custom"
 
@@ -210,9 +228,7 @@ def approx_from_arguments(args: argparse.Namespace, profile: str | None = None) 
         profile = args.protocol
     if profile is None:
         return approx
-    knobs = {k: v for k, v in PROFILES[profile].items() if given.get(k) is None}
-    if approx.softmax_form == "max_free":
-        knobs.pop("softmax_form", None)
+    knobs = {k: v for k, v in profile_knobs(approx, profile).items() if given.get(k) is None}
     return approx.replace(**knobs)
 
 

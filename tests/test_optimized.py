@@ -27,6 +27,8 @@ KNOBS = {
     "tree_softmax": {"softmax_form": "tree"},
     "pair_channel": {"pair_channel": True},
     "offline_dealer": {"offline_dealer": True},
+    "bracketed_reciprocal": {"softmax_form": "tree", "softmax_reciprocal": "bracketed"},
+    "gelu_poly_parallel": {"gelu_form": "poly_parallel"},
 }
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from mpc.compat import import_crypten
 from mpc.forms.base import Form
 
 # GPT-2's GELU (tanh form): 0.5 x (1 + tanh(k (x + 0.044715 x^3))) = x sigmoid(2 k (x + ...)).
@@ -110,6 +111,34 @@ def gelu_poly_jax(x: Any) -> Any:
     return jnp.maximum(x, 0.0) - residual
 
 
+# ---- GELU, the same piecewise polynomial with its comparisons side by side -------------------
+def gelu_poly_parallel(x: Any, approx: Any = None) -> Any:
+    """The function of "poly" (the same polynomial, the same clip at 4), evaluated in 12 rounds
+    instead of 21: the three comparisons [x < 0], [x >= 4], [x <= -4] all read x, so they run
+    as one comparison of the stacked (3, ...) tensor; then s = 1 - 2 [x < 0], c = [|x| >= 4] and
+    s c = [x >= 4] - [x <= -4] are local, and |x| = x s and |x| c = x (s c) are one multiply of
+    the stacked signs by x, so min(|x|, 4) = |x| - |x| c + 4 c. The polynomial follows. Errors
+    as "poly" (1.8e-4 on [-100, 100]); one more comparison's bytes (3 |x| compared, not 2)."""
+    crypten = import_crypten()
+    signs = crypten.stack([x, x - GELU_CLIP, -x - GELU_CLIP]) < 0  # (3, ...): one comparison
+    negative, inside_high, inside_low = signs.unbind(0)
+    above, below = 1 - inside_high, 1 - inside_low  # [x >= 4], [x <= -4]
+    factors = crypten.stack([1 - 2 * negative, above - below])  # s, s c
+    abs_x, abs_x_clip = (factors * x).unbind(0)  # one multiply: |x|, |x| c
+    clipped = abs_x - abs_x_clip + (above + below) * GELU_CLIP  # min(|x|, 4)
+    relu = (x + abs_x) * 0.5
+    v = clipped * (2.0 / GELU_CLIP) - 1.0  # in [-1, 1]
+    constant, *coefficients = gelu_residual_coefficients()
+    return relu - (v.polynomial(list(coefficients)) + constant)
+
+
+def gelu_poly_parallel_cost(p: Any, shape: tuple[int, ...]) -> Any:
+    """One comparison of (3, *shape), one multiply of (2, *shape) by shape (the stack and the
+    signs' affine combinations are free), the polynomial: 12 rounds."""
+    stacked = (3, *shape)
+    return p.ltz(stacked) + p.mul((2, *shape), shape) + p.polynomial(shape, GELU_DEGREE)
+
+
 # ---- ReLU ------------------------------------------------------------------------------------
 def relu(x: Any, approx: Any = None) -> Any:
     """x (x >= 0): one comparison. Valid for any x; max abs error 1.5e-5 (one rounding).
@@ -131,5 +160,6 @@ GELU = {
     "tanh": Form("tanh", gelu_tanh, gelu_tanh_cost, gelu_tanh_jax),
     "erf": Form("erf", gelu_erf, gelu_erf_cost),
     "poly": Form("poly", gelu_poly, gelu_poly_cost, gelu_poly_jax),
+    "poly_parallel": Form("poly_parallel", gelu_poly_parallel, gelu_poly_parallel_cost),
 }
 RELU = {"stock": Form("stock", relu, relu_cost, relu_jax)}

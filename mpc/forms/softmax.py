@@ -8,6 +8,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import torch
+
 from mpc.compat import import_crypten
 from mpc.cost.types import ZERO
 from mpc.forms.base import Form
@@ -17,28 +19,94 @@ from mpc.forms.base import Form
 SOFTMAX_ROWS_IN_RANGE = 128
 
 
-def _normalized(numerator: Any, dim: int, scale: float) -> Any:
+BRACKET_ITERATIONS = 3  # Newton steps after the bracketing guess: relative error < 1.6e-4
+
+
+def sum_bracket(low: float, high: float) -> tuple[int, int]:
+    """Powers of two (a, b) with 2^a <= low and high <= 2^b."""
+    return math.floor(math.log2(low)), math.ceil(math.log2(high))
+
+
+def bracketed_reciprocal(x: Any, low: float, high: float) -> Any:
+    """1 / x for secret x known to lie in [low, high] (public bounds), in 1 + 2 BRACKET_ITERATIONS
+    rounds instead of CrypTen's 28 (exp-based guess, 10 Newton steps).
+
+    One batched comparison gives the bits b_j = [x >= 2^j] for every power of two inside the
+    range; they are monotone, so 2^-m with m the count of set bits is the public-coefficient sum
+    1 - sum_j 2^-(j - a) b_j (local). With x in [2^(a+m), 2^(a+m+1)), y0 = (2/3) 2^-(a+m) puts
+    x y0 in [2/3, 4/3): |1 - x y0| <= 1/3, and each Newton step y (2 - x y) squares it:
+    1/9, 1/81, 1.5e-4 after three. Only row sums are compared (one element per softmax row)."""
+    crypten = import_crypten()
+    a, b = sum_bracket(low, high)
+    powers = range(a + 1, b)
+    if powers:
+        bits = crypten.stack([x - 2.0**j for j in powers]) >= 0  # (k, ...): one comparison
+        # comparisons come out as integers (encoder scale 1): re-encode them as fixed point
+        # (a local multiply of the shares) before the fractional public weights
+        bits._tensor.encode_(crypten.encoder.FixedPointEncoder())
+        weights = torch.tensor([2.0 ** -(j - a) for j in powers]).view(-1, *[1] * x.dim())
+        guess = (1.0 - (bits * weights).sum(0)) * (2.0 / 3.0 * 2.0**-a)
+    else:
+        guess = x * 0.0 + 2.0 / 3.0 * 2.0**-a
+    for _ in range(BRACKET_ITERATIONS):
+        guess = guess * (2.0 - x * guess)
+    return guess
+
+
+def bracketed_reciprocal_cost(p: Any, rows: tuple[int, ...], low: float, high: float) -> Any:
+    """One comparison of (k, *rows), k the powers of two inside the range (public weights and
+    the stack are free), then per Newton step two multiplies of `rows`."""
+    a, b = sum_bracket(low, high)
+    compare = p.ltz((b - a - 1, *rows)) if b - a > 1 else ZERO
+    return compare + BRACKET_ITERATIONS * 2 * p.mul(rows, rows)
+
+
+def _normalized(numerator: Any, dim: int, scale: float, approx: Any, sums: tuple) -> Any:
     """numerator / S, S its (positive) row sum, as numerator * (1 / (S / K)) / K: the public
-    K = `scale` keeps S / K inside CrypTen's reciprocal range. Dividing by K is a local
-    truncation (no traffic); K = 1 skips it."""
+    K = `scale` keeps S / K inside CrypTen's reciprocal range (its reciprocal overflows near 256:
+    a flat row of 256 gave errors of 1e9). Dividing by K is a local truncation (no traffic);
+    K = 1 skips it. `sums` = (lowest, highest) S / K can be: with softmax_reciprocal
+    "bracketed" the reciprocal starts from comparisons against the powers of two between."""
     crypten = import_crypten()
     row_sum = numerator.sum(dim, keepdim=True)
-    with crypten.cfg.temp_override({"functions.reciprocal_all_pos": True}):
-        if scale == 1.0:
-            return numerator * row_sum.reciprocal()
-        inverse = (row_sum * (1.0 / scale)).reciprocal()
-    return numerator * inverse * (1.0 / scale)
+    scaled = row_sum if scale == 1.0 else row_sum * (1.0 / scale)
+    if approx is not None and approx.softmax_reciprocal == "bracketed":
+        inverse = bracketed_reciprocal(scaled, *sums)
+    else:
+        with crypten.cfg.temp_override({"functions.reciprocal_all_pos": True}):
+            inverse = scaled.reciprocal()
+    return numerator * inverse if scale == 1.0 else numerator * inverse * (1.0 / scale)
 
 
-def _normalized_cost(p: Any, shape: tuple[int, ...]) -> Any:
+def _normalized_cost(
+    p: Any, shape: tuple[int, ...], sums: tuple, crypten_own: bool = False
+) -> Any:
     """exp of the (shifted) logits, the reciprocal of the row sums (all positive; a public scale
-    is free), and e * (1 / sum): (..., n) times (..., 1)."""
+    is free), and e * (1 / sum): (..., n) times (..., 1). `crypten_own`: CrypTen's softmax,
+    which always takes CrypTen's reciprocal."""
     approx, rows = p.approx, (*shape[:-1], 1)
     exp_iterations = approx.exp_iterations
-    reciprocal = p.reciprocal(
-        rows, approx.reciprocal_method, approx.reciprocal_iterations, exp_iterations
-    )
+    if approx.softmax_reciprocal == "bracketed" and not crypten_own:
+        reciprocal = bracketed_reciprocal_cost(p, rows, *sums)
+    else:
+        reciprocal = p.reciprocal(
+            rows, approx.reciprocal_method, approx.reciprocal_iterations, exp_iterations
+        )
     return p.exp(shape, exp_iterations) + reciprocal + p.mul(shape, rows)
+
+
+def tree_sums(length: int) -> tuple[float, tuple[float, float]]:
+    """(K, range of S / K) for the tree softmax of rows of `length`: the row max contributes
+    exp(0) = 1, so S lies in [1, length]; K scales rows longer than 128 into range."""
+    scale = max(1.0, length / SOFTMAX_ROWS_IN_RANGE)
+    return scale, (1.0 / scale, length / scale)
+
+
+def max_free_sums(length: int, bound: float) -> tuple[float, tuple[float, float]]:
+    """(K, range of S / K) for the max-free softmax: every row max lies in [-b, b], so S lies in
+    [e^-b, length e^b]; K = e^b max(1, length / 128)."""
+    scale = math.exp(bound) * max(1.0, length / SOFTMAX_ROWS_IN_RANGE)
+    return scale, (math.exp(-bound) / scale, length * math.exp(bound) / scale)
 
 
 # ---- stock: CrypTen's own ---------------------------------------------------------------------
@@ -57,7 +125,8 @@ def softmax_stock_cost(p: Any, shape: tuple[int, ...]) -> Any:
     116 rounds."""
     if shape[-1] == 1:
         return ZERO
-    return p.max_log_reduction(shape) + _normalized_cost(p, shape)
+    sums = tree_sums(shape[-1])[1]
+    return p.max_log_reduction(shape) + _normalized_cost(p, shape, sums, crypten_own=True)
 
 
 # ---- tree: the row max by a halving tree -------------------------------------------------------
@@ -86,7 +155,8 @@ def softmax_tree(scores: Any, dim: int, approx: Any = None) -> Any:
     if scores.size(dim) == 1:
         return scores * 0.0 + 1.0
     numerator = (scores - tree_max(scores, dim)).exp()  # row sums in [1, n]: the max gives 1
-    return _normalized(numerator, dim, max(1.0, scores.size(dim) / SOFTMAX_ROWS_IN_RANGE))
+    scale, sums = tree_sums(scores.size(dim))
+    return _normalized(numerator, dim, scale, approx, sums)
 
 
 def softmax_tree_cost(p: Any, shape: tuple[int, ...]) -> Any:
@@ -94,7 +164,7 @@ def softmax_tree_cost(p: Any, shape: tuple[int, ...]) -> Any:
     passes up for free); then as stock. Row 128: 620 B/elem, 100 rounds."""
     if shape[-1] == 1:
         return ZERO
-    return p.tree_max(shape) + _normalized_cost(p, shape)
+    return p.tree_max(shape) + _normalized_cost(p, shape, tree_sums(shape[-1])[1])
 
 
 # ---- max_free: no row max, for bounded logits ------------------------------------------------
@@ -123,18 +193,17 @@ def softmax_max_free(scores: Any, dim: int, approx: Any) -> Any:
     equal logits overflows the reciprocal (garbage, ~1e8). Use the stock form elsewhere.
     Cost at T = 128: 165 B/element (16 of them for the square), 38 rounds.
     """
-    bound = approx.softmax_logit_bound
-    length = scores.size(dim)
-    scale = math.exp(bound) * max(1.0, length / SOFTMAX_ROWS_IN_RANGE)  # public K
+    scale, sums = max_free_sums(scores.size(dim), approx.softmax_logit_bound)  # public K
     taylor = 1.0 / 2.0 ** (approx.exp_iterations + 1)
     numerator = (scores + scores.square() * taylor).exp()
-    return _normalized(numerator, dim, scale)
+    return _normalized(numerator, dim, scale, approx, sums)
 
 
 def softmax_max_free_cost(p: Any, shape: tuple[int, ...]) -> Any:
     """z + z^2 / 2^(n+1) (a square), then exp, reciprocal and product as stock (the public
     rescale is free). Row 128: 165 B/elem, 38 rounds."""
-    return p.square(shape) + _normalized_cost(p, shape)
+    sums = max_free_sums(shape[-1], p.approx.softmax_logit_bound)[1]
+    return p.square(shape) + _normalized_cost(p, shape, sums)
 
 
 SOFTMAX = {
