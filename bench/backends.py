@@ -34,7 +34,7 @@ from bench.harness import (
     query_rows,
     report_progress,
 )
-from bench.schema import ResultRow
+from bench.schema import TOTAL, ResultRow, transfer_seconds
 from models.errors import UserError
 from mpc.approx import approx_from_arguments, profile_name
 from mpc.session.local import free_port, wait_for_json
@@ -45,6 +45,7 @@ class Setting:
     label: str  # the CSV's `protocol` column
     dealer: str
     settings: Any  # ApproxConfig (CrypTen) or SpuSettings (SPU)
+    transport: str  # the CSV's `transport` column
 
 
 class Session:
@@ -111,7 +112,10 @@ class CryptenRunner:
 
     def settings(self, args: Any) -> list[Setting]:
         approxes = [approx_from_arguments(args, p) for p in args.protocol or ["stock"]]
-        return [Setting(profile_name(a), args.dealer, a) for a in approxes]
+        return [
+            Setting(profile_name(a), args.dealer, a, "pair_channel" if a.pair_channel else "gloo")
+            for a in approxes
+        ]
 
     @contextlib.contextmanager
     def session(self, args, target: Target, setting: Setting, network: str) -> Iterator[Session]:
@@ -190,7 +194,7 @@ class SpuRunner:
         from mpc.spu.settings import settings_for_backend, settings_label
 
         settings = settings_for_backend(self.backend)
-        return [Setting(settings_label(settings), settings.dealer, settings)]
+        return [Setting(settings_label(settings), settings.dealer, settings, "brpc")]
 
     @contextlib.contextmanager
     def session(self, args, target: Target, setting: Setting, network: str) -> Iterator[Session]:
@@ -246,6 +250,7 @@ def measure(args, target: Target, seq_len: int, run_id: str, network: str) -> li
                 run_id=run_id, arch=target.config.arch, preset=args.preset,
                 weights=target.weights, backend=backend, protocol=setting.label,
                 dealer=setting.dealer, network=network, seq_len=seq_len,
+                transport=setting.transport,
             )  # fmt: skip
             fresh: list[ResultRow] = []
             with runner.session(args, target, setting, network) as session:
@@ -258,5 +263,22 @@ def measure(args, target: Target, seq_len: int, run_id: str, network: str) -> li
                     report_progress(base, repeat, args.repeats, query, started)
                     fresh += query
             runner.predict(fresh, target, setting)
+            add_round_trips(fresh, network)
             rows += [row.project() for row in fresh]
     return rows
+
+
+def add_round_trips(rows: list[ResultRow], network: str) -> None:
+    """On a shaped link, the measured network round trips per communication round: the
+    communication time less the transfer time at the link's rate, per round, per RTT."""
+    if network == "loopback":
+        return
+    from bench.netns import parse_network
+
+    link = parse_network(network)
+    if not link.rtt_s or not link.rate_bit_s:
+        return
+    for row in rows:
+        if row.category == TOTAL and row.rounds:
+            waiting = row.comm_s - transfer_seconds(row.bytes, link.rate_bit_s)
+            row.rtt_per_round = waiting / (row.rounds * link.rtt_s)

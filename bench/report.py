@@ -82,8 +82,8 @@ def check_results(df: pd.DataFrame, source: str = "results") -> pd.DataFrame:
             df[name] = math.nan
         raw = df[name]
         if name in TEXT:
-            bad = raw.isna()
-            df[name] = raw.astype(str)
+            bad = raw.isna() & (name in REQUIRED)  # an optional text column may be empty
+            df[name] = raw.fillna("").astype(str)
         else:
             df[name] = pd.to_numeric(raw, errors="coerce")
             bad = df[name].isna() & (raw.notna() | (name in REQUIRED))
@@ -164,7 +164,7 @@ def summary_table(df: pd.DataFrame, baseline: str = BASELINE) -> pd.DataFrame:
         totals,
         [*key, "party"],
         ["bytes", "rounds", "wall_s", "projected_lan_s", "projected_wan_s", "os_bytes",
-         "offline_bytes", "offline_s"],
+         "offline_bytes", "offline_s", "rtt_per_round"],
     )  # fmt: skip
     client = sums[sums.party == "client"].set_index(key)
     server = sums[sums.party == "server"].set_index(key).reindex(client.index)
@@ -178,6 +178,7 @@ def summary_table(df: pd.DataFrame, baseline: str = BASELINE) -> pd.DataFrame:
     out["projected_wan_s"] = client.projected_wan_s
     out["projected_wan_min"] = client.projected_wan_s / 60
     out["os_gb"] = client.os_bytes / 1e9
+    out["rtt_per_round"] = client.rtt_per_round
     out["offline_gb"] = server.offline_bytes / 1e9
     out["offline_s"] = server.offline_s
     settings = out.index.droplevel("arch")
@@ -266,6 +267,7 @@ SUMMARY_COST = [  # (header, column, formatter)
     ("offline s", "offline_s", num),
     ("rounds", "rounds", lambda x: "-" if pd.isna(x) else f"{x:,.0f}"),
     ("measured s", "wall_s", num),
+    ("RTT/round (meas.)", "rtt_per_round", num),
     ("LAN s (proj.)", "projected_lan_s", num),
     ("WAN s (proj.)", "projected_wan_s", num),
     ("WAN min (proj.)", "projected_wan_min", num),
@@ -331,7 +333,9 @@ def summary_markdown(df: pd.DataFrame, baseline: str = BASELINE) -> str:
         "and s are the dealer's material fetched before the prompt is shared (offline_dealer,",
         "with the rehearsal that planned it); kernel GB is the client's",
         "kernel TCP byte count, a check on CrypTen's. LAN and WAN times are projections",
-        "(compute + bytes / bandwidth + rounds x RTT), not measurements; WAN is 100 Mbit/s, 80 ms.",
+        "(compute + bytes / bandwidth + rounds x RTT x the transport's measured round trips per",
+        "round), not measurements; WAN is 100 Mbit/s, 80 ms. On a shaped link, RTT/round is",
+        "measured: (communication s - transfer s) / (rounds x RTT).",
         "",
         "## Cost per query",
         "",

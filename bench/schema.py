@@ -17,15 +17,28 @@ NETWORKS = {  # name: (bandwidth in bit/s, round-trip time in s)
     "wan": (100e6, 80e-3),  # the paper's setting: 100 Mbit/s, 80 ms
 }
 TOTAL = "total"
+# Network round trips one communication round costs, by transport, measured on the shaped links
+# of bench/netns.py (`rtt_per_round` on the total rows of such a run): gloo's collectives wait for
+# the peer's ready-to-receive (2.03-2.06 RTT); the pair channel sends both ways at once (0.52:
+# half a round trip, the floor for an exchange). SPU's brpc: not measured, 1 assumed (its
+# `rounds` count messages, an upper bound on rounds).
+RTT_PER_ROUND = {"gloo": 2.05, "pair_channel": 0.52, "brpc": 1.0}
 
 
-def projected_seconds(compute_s: float, bytes_: float, rounds: float, network: str) -> float:
-    """compute + bytes / bandwidth + rounds x RTT: a projection, not a measurement.
+def transfer_seconds(bytes_: float, bandwidth_bit_s: float) -> float:
+    """`bytes_` is one party's logged traffic (both directions); on a full-duplex link each
+    direction carries about half of it, so the transfer takes bytes / 2 / (bandwidth / 8)."""
+    return (bytes_ / 2) * 8 / bandwidth_bit_s
 
-    `bytes_` is one party's logged traffic (both directions); on a full-duplex link each direction
-    carries about half of it, so the transfer time is bytes / 2 / (bandwidth / 8)."""
+
+def projected_seconds(
+    compute_s: float, bytes_: float, rounds: float, network: str, transport: str = "gloo"
+) -> float:
+    """compute + transfer + rounds x RTT x the transport's measured round trips per round: a
+    projection, not a measurement."""
     bandwidth, rtt = NETWORKS[network]
-    return compute_s + (bytes_ / 2) * 8 / bandwidth + rounds * rtt
+    per_round = RTT_PER_ROUND.get(transport, 1.0)
+    return compute_s + transfer_seconds(bytes_, bandwidth) + rounds * rtt * per_round
 
 
 @dataclass
@@ -34,8 +47,10 @@ class ResultRow:
     arch: str
     preset: str
     weights: str  # "random" or the checkpoint's file name
-    backend: str  # "crypten"
-    protocol: str  # "stock" (CrypTen as shipped) or "optimized"
+    backend: str  # "crypten", "spu-semi2k", "spu-cheetah"
+    # CrypTen: the profile, "stock" (CrypTen as shipped), "optimized" or "custom"; SPU: its
+    # settings label
+    protocol: str
     dealer: str  # "ttp" or "tfp" (insecure)
     network: str  # where it was measured: "loopback", or a shaped link
     seq_len: int
@@ -61,6 +76,9 @@ class ResultRow:
     # shared (bytes rank 0 logged; seconds of the rehearsal that planned it plus the transfer)
     offline_bytes: float = math.nan
     offline_s: float = math.nan
+    transport: str = ""  # how the parties' rounds travel: gloo, pair_channel (CrypTen), brpc (SPU)
+    # total rows of a shaped-network run: (comm_s - transfer time) / (rounds x RTT), measured
+    rtt_per_round: float = math.nan
 
     @classmethod
     def columns(cls) -> list[str]:
@@ -68,8 +86,9 @@ class ResultRow:
 
     def project(self) -> ResultRow:
         compute = max(0.0, self.wall_s - self.comm_s)
-        self.projected_lan_s = projected_seconds(compute, self.bytes, self.rounds, "lan")
-        self.projected_wan_s = projected_seconds(compute, self.bytes, self.rounds, "wan")
+        transport = self.transport or "gloo"
+        self.projected_lan_s = projected_seconds(compute, self.bytes, self.rounds, "lan", transport)
+        self.projected_wan_s = projected_seconds(compute, self.bytes, self.rounds, "wan", transport)
         return self
 
 

@@ -78,9 +78,7 @@ def _normalized(numerator: Any, dim: int, scale: float, approx: Any, sums: tuple
     return numerator * inverse if scale == 1.0 else numerator * inverse * (1.0 / scale)
 
 
-def _normalized_cost(
-    p: Any, shape: tuple[int, ...], sums: tuple, crypten_own: bool = False
-) -> Any:
+def _normalized_cost(p: Any, shape: tuple[int, ...], sums: tuple, crypten_own: bool = False) -> Any:
     """exp of the (shifted) logits, the reciprocal of the row sums (all positive; a public scale
     is free), and e * (1 / sum): (..., n) times (..., 1). `crypten_own`: CrypTen's softmax,
     which always takes CrypTen's reciprocal."""
