@@ -147,7 +147,6 @@ PROFILES: dict[str, dict[str, Any]] = {
         "pair_channel": False,
         "offline_dealer": False,
         "softmax_reciprocal": "newton",
-        "gelu_form": "poly",
     },
     "optimized": {
         "weight_masks": True,
@@ -157,15 +156,14 @@ PROFILES: dict[str, dict[str, Any]] = {
         "pair_channel": True,
         "offline_dealer": True,
         "softmax_reciprocal": "bracketed",
-        "gelu_form": "poly_parallel",
     },
 }
 
 
 # Approximation choices that change the computed function, not only its cost: every profile
-# keeps them (a max-free softmax, a tanh or erf GELU); the profile's own forms compute the same
-# function as the stock ones.
-KEPT_CHOICES = {"softmax_form": ("max_free",), "gelu_form": ("tanh", "erf")}
+# keeps them (a max-free softmax); the profile's own forms compute the same function as the
+# stock ones.
+KEPT_CHOICES = {"softmax_form": ("max_free",)}
 
 
 def profile_knobs(approx: ApproxConfig, profile: str) -> dict[str, Any]:
