@@ -26,7 +26,7 @@ RECIPROCAL_METHODS = ("NR", "log")
 SIGMOID_TANH_METHODS = ("reciprocal", "chebyshev")
 GELU_FORMS = form_names("gelu")  # the registry (mpc.forms) is the one list of forms
 SOFTMAX_FORMS = form_names("softmax")
-COMPARISONS = ("stock", "packed")
+COMPARISONS = ("stock", "packed", "packed4")
 SOFTMAX_RECIPROCALS = ("newton", "bracketed")
 POSITIVE_INT_FIELDS = (
     "precision_bits",
@@ -151,7 +151,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     "optimized": {
         "weight_masks": True,
         "fast_matmul": True,
-        "comparison": "packed",
+        "comparison": "packed4",
         "softmax_form": "tree",
         "pair_channel": True,
         "offline_dealer": True,

@@ -20,7 +20,13 @@ import torch
 from mpc.approx import ApproxConfig
 from mpc.compat import import_crypten
 from mpc.cost.primitives import CrypTenCosts
-from mpc.optimized.packed_compare import _STOCK_LTZ, packed_ltz, use_packed_ltz
+from mpc.optimized.packed_compare import (
+    _STOCK_LTZ,
+    answer_products,
+    packed_ltz,
+    use_packed_ltz,
+    use_radix,
+)
 
 crypten = import_crypten()
 MPCTensor = crypten.mpc.MPCTensor
@@ -28,9 +34,11 @@ MPCTensor = crypten.mpc.MPCTensor
 SHAPES = [(), (1,), (7,), (64,), (3, 65), (2, 3, 129)]
 
 
-def packed_ltz_cost(shape: tuple[int, ...], dealer: str, party: str) -> tuple[float, float]:
+def packed_ltz_cost(
+    shape: tuple[int, ...], dealer: str, party: str, comparison: str = "packed"
+) -> tuple[float, float]:
     """(bytes, rounds) the cost model gives one party for one packed comparison of `shape`."""
-    cost = CrypTenCosts(ApproxConfig(comparison="packed"), dealer, party).packed_ltz(shape)
+    cost = CrypTenCosts(ApproxConfig(comparison=comparison), dealer, party).ltz(shape)
     return cost.bytes, cost.rounds
 
 
@@ -95,9 +103,10 @@ def consequences(x: MPCTensor) -> list[torch.Tensor]:
     return [result.reveal() for result in results]
 
 
-def party_checks(dealer: str) -> dict:
+def party_checks(dealer: str, comparison: str) -> dict:
     """Everything one party can check; returns plain numbers only."""
     torch.set_num_threads(1)
+    use_radix(4 if comparison == "packed4" else 2)
     comm = crypten.communicator.get()
     party = "server" if comm.get_rank() == 0 else "client"
     crypten.cfg.communicator.verbose = True
@@ -111,7 +120,8 @@ def party_checks(dealer: str) -> dict:
             stats = comm.get_communication_stats()
             if layout == "random" and precision is None:
                 logged = (stats["bytes"], stats["rounds"])
-                report["costs"].append((logged, packed_ltz_cost(shape, dealer, party)))
+                predicted = packed_ltz_cost(shape, dealer, party, comparison)
+                report["costs"].append((logged, predicted))
             stock = _STOCK_LTZ(x)
             report["wrong_bits"] += mismatches(packed.reveal(), (values < 0).long())
             report["stock_differs"] += mismatches(packed.reveal(), stock.reveal())
@@ -126,20 +136,25 @@ def party_checks(dealer: str) -> dict:
     return report
 
 
-def two_party_reports(provider: str) -> list[dict] | None:
-    """Both parties' reports; run in a fresh interpreter (`reports_in_fresh_process`)."""
+def two_party_reports(provider: str, comparison: str) -> list[dict] | None:
+    """Both parties' reports; run in a fresh interpreter (`reports_in_fresh_process`). CrypTen's
+    own TTP server deals here: it learns the radix-4 tree's one request of ours."""
+    from crypten.mpc.provider.ttp_provider import TTPServer
+
+    TTPServer.products = lambda server, size, subsets: answer_products(server, size, subsets)
     with crypten.cfg.temp_override({"mpc.provider": provider}):
-        return crypten.mpc.context.run_multiprocess(world_size=2)(party_checks)(provider.lower())
+        run = crypten.mpc.context.run_multiprocess(world_size=2)(party_checks)
+        return run(provider.lower(), comparison)
 
 
-def reports_in_fresh_process(provider: str) -> list[dict] | None:
+def reports_in_fresh_process(provider: str, comparison: str) -> list[dict] | None:
     """`run_multiprocess` forks its parties from the calling process and, if CrypTen was
     initialized there, re-initializes it afterwards from the environment: inside a pytest
     process where other tests ran CrypTen that re-init waited forever for a peer. A fresh
     interpreter with a clean environment has neither problem."""
     code = (
         "import json, sys; from tests.test_fast_compare import two_party_reports; "
-        f"print('REPORTS' + json.dumps(two_party_reports({provider!r})))"
+        f"print('REPORTS' + json.dumps(two_party_reports({provider!r}, {comparison!r})))"
     )
     skip = ("WORLD_SIZE", "RANK", "RENDEZVOUS", "DISTRIBUTED_BACKEND", "MASTER_ADDR", "MASTER_PORT")
     env = {key: value for key, value in os.environ.items() if key not in skip}
@@ -151,9 +166,12 @@ def reports_in_fresh_process(provider: str) -> list[dict] | None:
     return json.loads(lines[-1][len("REPORTS") :])
 
 
+@pytest.mark.parametrize("comparison", ["packed", "packed4"])
 @pytest.mark.parametrize("provider", ["TTP", "TFP"])
-def test_packed_ltz_two_parties(provider: str) -> None:
-    reports = reports_in_fresh_process(provider)
+def test_packed_ltz_two_parties(provider: str, comparison: str) -> None:
+    """Exact against plaintext and stock on every layout and special value, and the bytes and
+    rounds each party logs equal the cost model, for both carry trees (radix 2 and 4)."""
+    reports = reports_in_fresh_process(provider, comparison)
     assert reports is not None, "a party failed: see the log above"
     for rank, report in enumerate(reports):
         assert report["wrong_bits"] == 0, f"rank {rank}: {report['wrong_bits']} wrong x < 0 bits"
@@ -174,6 +192,13 @@ def test_cost_formula_figures() -> None:
     assert server_bytes > 4992 * 6144 + 8 * (186 * 6144 + 128 * 3072)
     with pytest.raises(ValueError):
         packed_ltz_cost(shape, "ot", "server")
+
+
+def test_radix4_cost_formula_figures() -> None:
+    """57 B/element and 4 rounds online for the radix-4 carry tree."""
+    shape = (128, 3072)
+    assert packed_ltz_cost(shape, "tfp", "server", "packed4") == (3632 * 128 * 3072 // 64, 4)
+    assert packed_ltz_cost(shape, "ttp", "server", "packed4")[1] == 4 + 3 * 4
 
 
 def test_stock_ltz_restored() -> None:

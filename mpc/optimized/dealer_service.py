@@ -21,6 +21,7 @@ import torch
 from mpc.optimized.beaver import ring_op
 from mpc.optimized.mask_store import MaskStore
 from mpc.optimized.offline_dealer import answer_plan
+from mpc.optimized.packed_compare import answer_products
 from mpc.optimized.ring_matmul import ring_matmul
 
 
@@ -63,6 +64,10 @@ def serve_dealer_session(
             dist.recv(share, src=0, group=self.comm_group)
             self.store.store(mask_id, key, share, last)
             return torch.ones(1, dtype=torch.long)
+
+        def products(self, size, subsets) -> torch.Tensor:
+            """Mask products of the radix-4 packed comparison's multi-input ANDs."""
+            return answer_products(self, size, subsets)
 
         def prepare(self, requests: list) -> torch.Tensor:
             """The offline phase: a whole query's requests answered in one message."""

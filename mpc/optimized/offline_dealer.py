@@ -66,6 +66,7 @@ RESULT_SHAPES: dict[str, Callable[..., tuple[int, ...]]] = {
     "binary": lambda size0, size1: torch.broadcast_shapes(size0, size1),
     "wraps": lambda size: size,
     "B2A": lambda size: size,
+    "products": lambda size, subsets: (len(subsets), *size[1:]),
 }
 
 

@@ -39,13 +39,22 @@ words).
 from __future__ import annotations
 
 import contextlib
+import functools
+import itertools
 import math
 from collections.abc import Iterator
 
 import torch
 
 from mpc.compat import import_crypten
-from mpc.optimized.carry_tree import SUM_BITS, WORD, tree_levels, words_for
+from mpc.optimized.carry_tree import (
+    SUM_BITS,
+    WORD,
+    product_plan,
+    radix4_levels,
+    tree_levels,
+    words_for,
+)
 
 crypten = import_crypten()
 comm = crypten.communicator
@@ -57,6 +66,7 @@ _STAGES = [
     (j, sum(((1 << j) - 1) << s for s in range(0, WORD, 2 * j))) for j in (32, 16, 8, 4, 2, 1)
 ]
 _STOCK_LTZ = MPCTensor._ltz
+_RADIX = [2]  # the carry tree of this process's packed comparisons (comparison "packed4": 4)
 
 
 def _to_planes(share: torch.Tensor) -> torch.Tensor:
@@ -122,6 +132,109 @@ def _carry(a: torch.Tensor, b: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     return g[0]
 
 
+def _mask_products(size: tuple[int, ...], subsets: list, device) -> tuple[torch.Tensor, ...]:
+    """XOR shares of fresh uniform masks r of `size` (k, groups, W) and of the products of the
+    masks in each of `subsets` (index tuples into k): (r, products (len(subsets), groups, W)).
+    The TTP dealer makes them as it makes Beaver AND triples (party 1 draws its shares from the
+    generator the dealer seeded; party 0 asks for its product shares); with TFP party 0 makes
+    them and shares them."""
+    from crypten.common.rng import generate_kbit_random_tensor
+    from crypten.mpc.primitives import BinarySharedTensor
+
+    product_size = (len(subsets), *size[1:])
+    rank = comm.get().get_rank()
+    if crypten.cfg.mpc.provider == "TTP":
+        from crypten.mpc.provider.ttp_provider import TTPClient
+
+        generator = TTPClient.get().get_generator(device=device)
+        masks = generate_kbit_random_tensor(size, generator=generator, device=device)
+        if rank == 0:
+            products = TTPClient.get().ttp_request("products", device, size, subsets)
+        else:
+            products = generate_kbit_random_tensor(product_size, generator=generator, device=device)
+        return masks, products
+    plain = generate_kbit_random_tensor(size, device=device)  # TFP: party 0's draw is the value
+    products = mask_products(plain, subsets)
+    return BinarySharedTensor(plain, src=0).share, BinarySharedTensor(products, src=0).share
+
+
+def answer_products(dealer, size, subsets) -> torch.Tensor:
+    """The TTP dealer's side of `_mask_products`: party 0's shares of the mask products (the
+    masks are the XOR of both parties' generator draws, as for CrypTen's AND triples)."""
+    masks = dealer._get_binary_PRSS(size)
+    products = mask_products(masks, subsets)
+    return products ^ dealer._get_binary_PRSS(products.size(), remove_rank=True)
+
+
+def mask_products(masks: torch.Tensor, subsets: list) -> torch.Tensor:
+    """The AND of the masks in each subset: (len(subsets), groups, W) (dealer and TFP)."""
+    return torch.stack(
+        [functools.reduce(torch.bitwise_and, (masks[i] for i in s)) for s in subsets]
+    )
+
+
+def _multi_and(inputs: torch.Tensor, terms: list[tuple[int, ...]]) -> list[torch.Tensor]:
+    """XOR shares of the product of the inputs (k, groups, W) named by each term, all in one
+    round: each input a term multiplies is opened once as e = u ^ r, and the product of
+    (e_i ^ r_i) over a term expands to the XOR over subsets S of (AND of the public e outside S)
+    & (shares of the AND of the masks in S)."""
+    opened, subsets = product_plan(terms)
+    position = {i: n for n, i in enumerate(opened)}
+    by_position = [tuple(position[i] for i in subset) for subset in subsets]  # rows of the masks
+    masks, products = _mask_products((len(opened), *inputs.shape[1:]), by_position, inputs.device)
+    e = _open(inputs[opened] ^ masks).view_as(masks)
+    share_of = {subset: products[n] for n, subset in enumerate(subsets)}
+    ones = torch.full_like(inputs[0], -1)
+    first = comm.get().get_rank() == 0
+    results = []
+    for term in terms:
+        if len(term) == 1:
+            results.append(inputs[term[0]])
+            continue
+        total = torch.zeros_like(inputs[0])
+        for size in range(len(term) + 1):
+            for subset in itertools.combinations(sorted(term), size):
+                public = ones
+                for i in term:
+                    if i not in subset:
+                        public = public & e[position[i]]
+                if size == 0:
+                    total ^= public if first else 0  # the all-public term: one party adds it
+                elif size == 1:
+                    total ^= public & masks[position[subset[0]]]
+                else:
+                    total ^= public & share_of[subset]
+        results.append(total)
+    return results
+
+
+def _carry_radix4(a: torch.Tensor, b: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """Shares of the carry out of bits 0..62 of a + b in three rounds: groups of 4 bits, then of
+    4 groups, then of 4 (carry_tree.radix4_levels); bit 63 is padded as a pure propagate."""
+    first = comm.get().get_rank() == 0
+    top = torch.full_like(a[0], -1) if first else torch.zeros_like(a[0])
+    a = torch.cat([a[:SUM_BITS], top[None]])  # a_63 = 1 (party 0's share), b_63 = 0: p_63 = 1
+    b = torch.cat([b[:SUM_BITS], torch.zeros_like(top)[None]])
+    p = torch.cat([p[:SUM_BITS], top[None]])
+    words = a.shape[-1]
+    grouped = [t.view(16, 4, words).transpose(0, 1) for t in (a, b, p)]  # (4, 16, W) each
+    inputs = torch.cat(grouped)  # (12, 16, W): a_0..a_3, b_0..b_3, p_0..p_3
+    for groups, terms in radix4_levels():
+        names = list(terms)
+        flat = [t for name in names for t in terms[name]]
+        outputs = iter(_multi_and(inputs, flat))
+        result = {}
+        for name in names:
+            parts = [next(outputs) for _ in terms[name]]
+            result[name] = functools.reduce(torch.bitwise_xor, parts)
+        if groups == 1:
+            return result["G"][0]
+        # the next level's groups of 4: G_0..G_3, P_0..P_3 of consecutive groups
+        regroup = [result[n].view(groups // 4, 4, words).transpose(0, 1) for n in ("G", "P")]
+        inputs = torch.cat(regroup)
+    raise AssertionError("the radix-4 plan ends with one group")
+
+
 def _b2a_packed(sign: torch.Tensor, shape: torch.Size, device: torch.device) -> torch.Tensor:
     """Arithmetic shares (of `shape`) of the XOR-shared sign plane's bits: one W-word opening."""
     r_arith, r_bin = crypten.mpc.get_default_provider().B2A_rng(shape, device=device)
@@ -142,7 +255,8 @@ def packed_ltz(x: MPCTensor) -> MPCTensor:
     planes = _to_planes(x.share.reshape(-1))
     zeros = torch.zeros_like(planes)
     a, b = (planes, zeros) if rank == 0 else (zeros, planes)
-    sign = _carry(a, b, planes) ^ planes[WORD - 1]
+    carry = _carry_radix4 if _RADIX[0] == 4 else _carry
+    sign = carry(a, b, planes) ^ planes[WORD - 1]
     share = _b2a_packed(sign, x.share.size(), x.share.device)
     # As stock `_B2A`: result precision 0 for unscaled x, else the default; the bit is scaled by
     # the ratio of that scale to x's (1 for ordinary inputs); then the encoder reads it as 1.
@@ -163,3 +277,11 @@ def use_packed_ltz(enabled: bool = True) -> Iterator[None]:
         yield
     finally:
         MPCTensor._ltz = previous
+
+
+def use_radix(radix: int) -> None:
+    """The packed comparison's carry tree in this (session) process: 2 (Brent-Kung, 7 AND
+    rounds) or 4 (three rounds of multi-input ANDs)."""
+    if radix not in (2, 4):
+        raise ValueError(f"radix {radix}: 2 or 4")
+    _RADIX[0] = radix
