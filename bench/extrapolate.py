@@ -10,7 +10,6 @@ import sys
 
 from bench.schema import TOTAL
 
-
 SETTING = ["backend", "protocol", "network", "arch", "seq_len"]
 
 
