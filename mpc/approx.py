@@ -92,6 +92,10 @@ class ApproxConfig(JsonConfig):
     # ttp: the dealer's whole material of a query in one message before the prompt is shared,
     # no dealer round trip online (mpc.optimized.offline_dealer)
     offline_dealer: bool = False
+    # relu(x) = x [x >= 0] with the multiply folded into the comparison's last opening: one round
+    # less per ReLU and per tree-max level (mpc.optimized.packed_compare.packed_relu); needs the
+    # pair channel and a packed comparison
+    fused_relu: bool = False
 
     def __post_init__(self) -> None:
         for name in POSITIVE_INT_FIELDS:
@@ -114,9 +118,14 @@ class ApproxConfig(JsonConfig):
         self._check_choice("softmax_form", SOFTMAX_FORMS)
         self._check_choice("comparison", COMPARISONS)
         self._check_choice("softmax_reciprocal", SOFTMAX_RECIPROCALS)
-        for name in ("weight_masks", "fast_matmul", "pair_channel", "offline_dealer"):
+        for name in ("weight_masks", "fast_matmul", "pair_channel", "offline_dealer", "fused_relu"):
             if not isinstance(getattr(self, name), bool):
                 raise ApproxError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.fused_relu and not (self.pair_channel and self.comparison != "stock"):
+            raise ApproxError(
+                "fused_relu needs pair_channel=true and a packed comparison: it opens XOR and "
+                "additive shares in one exchange, which gloo's collectives cannot"
+            )
         bound = self.softmax_logit_bound
         if isinstance(bound, bool) or not isinstance(bound, int | float):
             raise ApproxError(f"softmax_logit_bound must be a number, got {bound!r}")
@@ -146,7 +155,9 @@ PROFILES: dict[str, dict[str, Any]] = {
         "softmax_form": "stock",
         "pair_channel": False,
         "offline_dealer": False,
+        "fused_relu": False,
         "softmax_reciprocal": "newton",
+        "gelu_form": "poly",
     },
     "optimized": {
         "weight_masks": True,
@@ -155,15 +166,17 @@ PROFILES: dict[str, dict[str, Any]] = {
         "softmax_form": "tree",
         "pair_channel": True,
         "offline_dealer": True,
+        "fused_relu": True,
         "softmax_reciprocal": "bracketed",
+        "gelu_form": "poly_relu",
     },
 }
 
 
 # Approximation choices that change the computed function, not only its cost: every profile
-# keeps them (a max-free softmax); the profile's own forms compute the same function as the
-# stock ones.
-KEPT_CHOICES = {"softmax_form": ("max_free",)}
+# keeps them (a max-free softmax, a tanh or erf GELU); the profile's own forms compute the same
+# function as the stock ones.
+KEPT_CHOICES = {"softmax_form": ("max_free",), "gelu_form": ("tanh", "erf")}
 
 
 def profile_knobs(approx: ApproxConfig, profile: str) -> dict[str, Any]:

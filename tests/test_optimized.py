@@ -30,6 +30,8 @@ KNOBS = {
     "offline_dealer": {"offline_dealer": True},
     "bracketed_reciprocal": {"softmax_form": "tree", "softmax_reciprocal": "bracketed"},
     "gelu_poly_parallel": {"gelu_form": "poly_parallel"},
+    "fused_relu": {"fused_relu": True, "pair_channel": True, "comparison": "packed4"},
+    "gelu_poly_relu": {"gelu_form": "poly_relu"},
 }
 
 

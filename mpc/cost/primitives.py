@@ -176,8 +176,12 @@ class CrypTenCosts:
 
     # ---- elementwise functions --------------------------------------------------------------
     def relu(self, shape: Shape) -> Cost:
-        """x * (x >= 0): one ltz and one multiply, 464 B/elem, 9 rounds."""
-        return self.ltz(shape) + self.mul(shape, shape)
+        """x * (x >= 0): one ltz and one multiply, 464 B/elem, 9 rounds. With `fused_relu` the
+        multiply's opening rides in the comparison's last round (`packed_relu`)."""
+        multiply = self.mul(shape, shape)
+        if self.approx.fused_relu:
+            return self.ltz(shape) + multiply.replace(rounds=multiply.rounds - 1)
+        return self.ltz(shape) + multiply
 
     def abs(self, shape: Shape) -> Cost:
         """x * sign(x), sign = 1 - 2 ltz(x): 464 B/elem, 9 rounds."""

@@ -111,6 +111,25 @@ def gelu_poly_jax(x: Any) -> Any:
     return jnp.maximum(x, 0.0) - residual
 
 
+# ---- GELU, the same piecewise polynomial through two ReLUs ------------------------------------
+def gelu_poly_relu(x: Any, approx: Any = None) -> Any:
+    """The function of "poly", written with two ReLUs: relu(x), |x| = 2 relu(x) - x, and
+    min(|x|, 4) = 4 - relu(4 - |x|). The same bytes as "poly" (two comparisons, two multiplies);
+    with `fused_relu` each ReLU's multiply rides in its comparison's last round: 11 rounds
+    instead of 21 with radix-4 comparisons. Errors as "poly" (1.8e-4 on [-100, 100])."""
+    relu = x.relu()
+    abs_x = relu * 2.0 - x
+    clipped = GELU_CLIP - (GELU_CLIP - abs_x).relu()  # min(|x|, 4)
+    v = clipped * (2.0 / GELU_CLIP) - 1.0  # in [-1, 1]
+    constant, *coefficients = gelu_residual_coefficients()
+    return relu - (v.polynomial(list(coefficients)) + constant)
+
+
+def gelu_poly_relu_cost(p: Any, shape: tuple[int, ...]) -> Any:
+    """Two ReLUs one after the other (a comparison and a multiply each), the polynomial."""
+    return 2 * p.relu(shape) + p.polynomial(shape, GELU_DEGREE)
+
+
 # ---- GELU, the same piecewise polynomial with its comparisons side by side -------------------
 def gelu_poly_parallel(x: Any, approx: Any = None) -> Any:
     """The function of "poly" (the same polynomial, the same clip at 4), evaluated in 12 rounds
@@ -161,5 +180,6 @@ GELU = {
     "erf": Form("erf", gelu_erf, gelu_erf_cost),
     "poly": Form("poly", gelu_poly, gelu_poly_cost, gelu_poly_jax),
     "poly_parallel": Form("poly_parallel", gelu_poly_parallel, gelu_poly_parallel_cost),
+    "poly_relu": Form("poly_relu", gelu_poly_relu, gelu_poly_relu_cost),
 }
 RELU = {"stock": Form("stock", relu, relu_cost, relu_jax)}

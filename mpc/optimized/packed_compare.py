@@ -66,6 +66,7 @@ _STAGES = [
     (j, sum(((1 << j) - 1) << s for s in range(0, WORD, 2 * j))) for j in (32, 16, 8, 4, 2, 1)
 ]
 _STOCK_LTZ = MPCTensor._ltz
+_STOCK_RELU = MPCTensor.relu
 _RADIX = [2]  # the carry tree of this process's packed comparisons (comparison "packed4": 4)
 
 
@@ -246,18 +247,56 @@ def _b2a_packed(sign: torch.Tensor, shape: torch.Size, device: torch.device) -> 
     return share
 
 
-def packed_ltz(x: MPCTensor) -> MPCTensor:
-    """[x < 0] as `MPCTensor._ltz` returns it (arithmetic 0/1 shares, encoder scale 1, same shape)
-    at about 78 B/element instead of 432, same rounds. Other world sizes, binary ptypes: stock."""
-    if comm.get().get_world_size() != 2 or x.ptype != crypten.mpc.arithmetic:
-        return _STOCK_LTZ(x)
+def _sign_plane(x: MPCTensor) -> torch.Tensor:
+    """XOR shares of the packed sign plane (bit 63 of x0 + x1) of x's elements."""
     rank = comm.get().get_rank()
     planes = _to_planes(x.share.reshape(-1))
     zeros = torch.zeros_like(planes)
     a, b = (planes, zeros) if rank == 0 else (zeros, planes)
     carry = _carry_radix4 if _RADIX[0] == 4 else _carry
-    sign = carry(a, b, planes) ^ planes[WORD - 1]
-    share = _b2a_packed(sign, x.share.size(), x.share.device)
+    return carry(a, b, planes) ^ planes[WORD - 1]
+
+
+def packed_relu(x: MPCTensor) -> MPCTensor:
+    """x [x >= 0] in the comparison's rounds: the packed B2A's opening z = sign ^ r also carries
+    the Beaver opening of x r (x times the dealer's arithmetic bit r, which does not depend on z):
+    with [x < 0] = r + z - 2 r z, relu(x) = x (1 - z) - x r (1 - 2 z), all local afterwards. Needs
+    the pair channel (one opening of XOR and additive shares at once: `transport.Mixed`)."""
+
+    from mpc.session.transport import Mixed
+
+    if comm.get().get_world_size() != 2 or x.ptype != crypten.mpc.arithmetic:
+        return _STOCK_RELU(x)
+    sign = _sign_plane(x)
+    shape, device = x.share.size(), x.share.device
+    provider = crypten.mpc.get_default_provider()
+    r_arith, r_bin = provider.B2A_rng(shape, device=device)
+    a, b, c = provider.generate_additive_triple(shape, shape, "mul", device=device)
+    words = sign.numel()
+    masked_sign = sign ^ _pack_bits(r_bin.share.reshape(-1) & 1)
+    flat = torch.cat(
+        [masked_sign, (x.share - a.share).reshape(-1), (r_arith.share - b.share).reshape(-1)]
+    )
+    opened = comm.get().all_reduce(flat, op=Mixed(words))
+    count = x.share.numel()
+    z = _unpack_bits(opened[:words], count).view(shape)
+    eps, delta = opened[words : words + count].view(shape), opened[words + count :].view(shape)
+    xr = c.share + eps * b.share + a.share * delta  # x r: integer r, so x's scale, no truncation
+    first = comm.get().get_rank() == 0
+    if first:
+        xr += eps * delta
+    share = x.share * (1 - z) - xr * (1 - 2 * z)
+    result = MPCTensor.from_shares(share, precision=None)
+    result.encoder = x.encoder
+    return result
+
+
+def packed_ltz(x: MPCTensor) -> MPCTensor:
+    """[x < 0] as `MPCTensor._ltz` returns it (arithmetic 0/1 shares, encoder scale 1, same shape)
+    at about 78 B/element instead of 432, same rounds. Other world sizes, binary ptypes: stock."""
+    if comm.get().get_world_size() != 2 or x.ptype != crypten.mpc.arithmetic:
+        return _STOCK_LTZ(x)
+    share = _b2a_packed(_sign_plane(x), x.share.size(), x.share.device)
     # As stock `_B2A`: result precision 0 for unscaled x, else the default; the bit is scaled by
     # the ratio of that scale to x's (1 for ordinary inputs); then the encoder reads it as 1.
     precision = 0 if x.encoder.scale == 1 else None

@@ -116,12 +116,14 @@ def start_crypten(spec: SessionSpec, rank: int) -> Any:
 
 def install_profile(approx: ApproxConfig) -> None:
     """Install the protocol knobs of `approx` in this (session) process."""
-    from mpc.optimized.packed_compare import packed_ltz, use_radix
+    from mpc.optimized.packed_compare import packed_ltz, packed_relu, use_radix
 
     install_multiplication(approx.fast_matmul)
     if approx.comparison in ("packed", "packed4"):  # a party process serves one session
         use_radix(4 if approx.comparison == "packed4" else 2)
         import_crypten().mpc.MPCTensor._ltz = packed_ltz
+    if approx.fused_relu:
+        import_crypten().mpc.MPCTensor.relu = packed_relu
 
 
 def check_same_model(crypten: Any, rank: int, fingerprint: str) -> None:

@@ -23,6 +23,7 @@ import queue
 import socket
 import threading
 import types
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -131,7 +132,18 @@ def open_pair_channel(comm: Any, rank: int, host: str, timeout_s: float) -> Pair
     return PairChannel(sock, timeout_s)
 
 
+@dataclass(frozen=True)
+class Mixed:
+    """An opening of two kinds at once (the pair channel only): the first `xor` elements are
+    XOR shares, the rest additive shares. gloo's collectives take one operation per call."""
+
+    xor: int
+
+
 def _combine(mine: torch.Tensor, theirs: torch.Tensor, op: Any) -> torch.Tensor:
+    if isinstance(op, Mixed):
+        head = mine[: op.xor] ^ theirs[: op.xor]
+        return torch.cat([head, mine[op.xor :] + theirs[op.xor :]])
     if op == ReduceOp.SUM:
         return mine + theirs  # int64 wraps around: arithmetic modulo 2^64
     if op == ReduceOp.BXOR:
