@@ -29,7 +29,7 @@ class Target:
 
     checkpoint: Checkpoint
     weights: str  # "random" or the checkpoint's file name
-    path: Path | None = None  # the checkpoint on disk; random weights are saved on first use
+    path: Path | None = None  # the checkpoint on disk (None: random weights, saved per session)
     _model: Any = field(default=None, repr=False)
 
     @property
@@ -37,12 +37,14 @@ class Target:
         return self.checkpoint.config
 
     def file(self, folder: Path) -> Path:
-        """The checkpoint file to hand to a server (saved into `folder` if it has none): the one
-        path across the process boundary, so bench and server hold the very same weights."""
-        if self.path is None:
-            self.path = folder / f"{self.weights}-{self.config.arch}.pt".replace("/", "-")
-            save_checkpoint(self.path, self.checkpoint)
-        return self.path
+        """The checkpoint file to hand to a server: the one path across the process boundary, so
+        bench and server hold the very same weights. Weights without a file of their own (random
+        ones) are saved into `folder`, the session's scratch folder, each time."""
+        if self.path is not None:
+            return self.path
+        path = folder / f"{self.weights}-{self.config.arch}.pt".replace("/", "-")
+        save_checkpoint(path, self.checkpoint)
+        return path
 
     def plaintext_model(self):
         """The plaintext model, built once per target."""
