@@ -26,6 +26,7 @@ RECIPROCAL_METHODS = ("NR", "log")
 SIGMOID_TANH_METHODS = ("reciprocal", "chebyshev")
 GELU_FORMS = form_names("gelu")  # the registry (mpc.forms) is the one list of forms
 SOFTMAX_FORMS = form_names("softmax")
+LAYERNORM_FORMS = form_names("layernorm")
 COMPARISONS = ("stock", "packed")
 POSITIVE_INT_FIELDS = (
     "precision_bits",
@@ -39,6 +40,7 @@ CHOICES = {
     "sigmoid_tanh_method": SIGMOID_TANH_METHODS,
     "gelu_form": GELU_FORMS,
     "softmax_form": SOFTMAX_FORMS,
+    "layernorm_form": LAYERNORM_FORMS,
     "comparison": COMPARISONS,
 }
 MAX_PRECISION_BITS = 20
@@ -74,6 +76,10 @@ class ApproxConfig(JsonConfig):
     # Max-free softmax only: accurate when each row's max logit lies in [-b, b]. The window is
     # narrow because 16 fraction bits give exp and reciprocal ~2^16 of dynamic range.
     softmax_logit_bound: float = 2.5
+    # "range_reduced": each row brought near variance 1 by a secret power of two first; accurate
+    # for row variances 1e-6 .. 1e6 times the calibrated scale (public_scale: 0.1 .. 100), at
+    # about twice the bytes of a LayerNorm (mpc.forms.layernorm)
+    layernorm_form: str = "public_scale"
     # Protocol knobs (mpc.optimized: beaver, weight_masks, packed_compare): the same numbers,
     # fewer bytes, rounds or seconds. PROFILES names the two standard settings.
     weight_masks: bool = False  # share each weight once per model; queries open only X - A
@@ -99,6 +105,7 @@ class ApproxConfig(JsonConfig):
         self._check_choice("sigmoid_tanh_method", SIGMOID_TANH_METHODS)
         self._check_choice("gelu_form", GELU_FORMS)
         self._check_choice("softmax_form", SOFTMAX_FORMS)
+        self._check_choice("layernorm_form", LAYERNORM_FORMS)
         self._check_choice("comparison", COMPARISONS)
         for name in ("weight_masks", "fast_matmul"):
             if not isinstance(getattr(self, name), bool):
