@@ -20,7 +20,7 @@ from models.cli import parse_bool
 from models.config import JsonConfig
 from models.errors import UserError
 from mpc.compat import import_crypten
-from mpc.forms import form_names
+from mpc.forms import form, form_names
 
 RECIPROCAL_METHODS = ("NR", "log")
 SIGMOID_TANH_METHODS = ("reciprocal", "chebyshev")
@@ -128,6 +128,17 @@ class ApproxConfig(JsonConfig):
     def _check_choice(self, name: str, choices: tuple[str, ...]) -> None:
         if getattr(self, name) not in choices:
             raise ApproxError(f"{name}={getattr(self, name)!r}; choose one of {choices}")
+
+
+def check_context(approx: ApproxConfig, block_size: int) -> None:
+    """Refuse a softmax form that is not accurate on the model's longest attention row."""
+    longest = form("softmax", approx.softmax_form).max_row
+    if longest is not None and block_size > longest:
+        raise ApproxError(
+            f"softmax_form={approx.softmax_form} is accurate on rows of at most {longest} "
+            f"entries (its reciprocal overflows near 256), but the context is {block_size}: "
+            "use --softmax-form tree"
+        )
 
 
 # The protocol knobs of each named profile; "stock" is CrypTen 0.4.1 as shipped.
