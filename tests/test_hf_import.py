@@ -155,7 +155,9 @@ def test_secure_query_with_text_prompt_matches_plaintext(hf_folder, checkpoint, 
         position = len(ids) - 1 + step
         actual = torch.tensor(revealed)[-1]
         error = (actual - expected[position]).abs().max().item()
-        print(f"step {step}: max abs logit error {error:.4f} (max |logit| {expected.abs().max():.1f})")
+        print(
+            f"step {step}: max abs logit error {error:.4f} (max |logit| {expected.abs().max():.1f})"
+        )
         assert record["generated_ids"][step] == int(expected[position].argmax()), "top-1"
         assert error < 0.02 * expected[position].abs().max()
     assert record["generated_text"] is not None

@@ -43,6 +43,9 @@ def layer_norm_public_scale(
     return centered * inv_std * weight + bias
 
 
+PUBLIC_SCALE_LIMITS = (0.1, 100.0)  # (var + eps) / s where public_scale is accurate
+
+
 def layer_norm_public_scale_cost(p: Any, shape: tuple[int, ...]) -> Any:
     """On (..., C): centering and the public variance scale are free; the square of the centered
     rows (|x|), the mean (free), inv_sqrt on the (..., 1) variances, centered * inv_std
@@ -83,6 +86,13 @@ def range_reduced_limits(width: int, precision_bits: int = 16) -> tuple[float, f
     powers = range_powers(width, precision_bits)
     ring = RING_LIMIT / (width * 4.0**precision_bits)
     return 4.0 ** powers[0], min(4.0 ** (powers[-1] + 1), ring)
+
+
+def variance_ratio_limits(name: str, width: int, precision_bits: int) -> tuple[float, float]:
+    """(lowest, highest) (row variance + eps) / var_scale the form `name` is accurate on."""
+    if name == "public_scale":
+        return PUBLIC_SCALE_LIMITS
+    return range_reduced_limits(width, precision_bits)
 
 
 def _with_precision(x: Any, precision_bits: int) -> Any:
