@@ -9,18 +9,20 @@
 #      the BuildKit secret pip_cert (neither the wheel nor the bundle stays in the image);
 #   4. Debian's docker-compose 1.29 (compose v1; v2 is not packaged for bookworm) on a copy of
 #      docker/compose.yaml without its top-level `name:`, which v1 rejects; project aero-pi;
-#   5. the containers' logs, exit codes, hosts and addresses, the image and engine recorded in
+#   5. the containers' logs, exit codes, host names, networks and the addresses each party saw,
+#      the image and engine recorded in
 #      results/docker-ARCH-PRESET/docker-run.json and logs/; containers and network removed.
 # Needs a running dockerd (Debian's docker.io: `dockerd --storage-driver=vfs`), debootstrap and
-# docker-compose. Settings: the compose file's (ARCH, PRESET, DEALER, SEQ_LEN, QUERIES, ...) and
-# WHEELS (/opt/wheels), CA (/etc/ssl/certs/ca-certificates.crt), DOCKER (/usr/bin/docker: a
-# client that builds with BuildKit through DOCKER_BUILDKIT=1), KEEP_BASE=1 keeps base images.
+# docker-compose. Settings: the compose file's (ARCH, PRESET, DEALER, SEQ_LEN, QUERIES, ...;
+# RESULTS_DIR: an absolute folder instead of results/), WHEELS (/opt/wheels), CA
+# (/etc/ssl/certs/ca-certificates.crt), DOCKER (/usr/bin/docker: a client that builds with
+# BuildKit through DOCKER_BUILDKIT=1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DOCKER=${DOCKER:-/usr/bin/docker}
 WHEELS=${WHEELS:-/opt/wheels}
 CA=${CA:-/etc/ssl/certs/ca-certificates.crt}
-RUN="results/docker-${ARCH:-baseline}-${PRESET:-tiny}"
+RUN="${RESULTS_DIR:-results}/docker-${ARCH:-baseline}-${PRESET:-tiny}"  # RESULTS_DIR: absolute
 export DOCKER_BUILDKIT=1
 
 if ! "$DOCKER" image inspect local/bookworm:min >/dev/null 2>&1; then
