@@ -1,4 +1,5 @@
-"""From a checkpoint to the encrypted model: inference weights, LayerNorm calibration, sharing.
+"""From a checkpoint to the encrypted model: inference weights, LayerNorm calibration, the public
+description (with the checks that refuse a form outside its valid range), sharing.
 
 The encrypted model IS `models.gpt.GPT`: the same modules and forward pass, with `CryptenOps` and
 every parameter replaced by a CrypTensor secret-shared from the server's rank. The client builds the
