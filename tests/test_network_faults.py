@@ -78,7 +78,7 @@ def fault(parties, kind: str, link: str, delay: float, duration: float, rng: ran
 
 
 def fault_round(parties, kind: str, rng: random.Random, query_s: float, folder: Path, name: str):
-    link = "every" if kind == "packet_loss" else rng.choice(("client", "server", "dealer"))
+    link = "all" if kind == "packet_loss" else rng.choice(("client", "server", "dealer"))
     delay, duration = rng.uniform(0.2, query_s), rng.uniform(1.0, LONGEST_FAULT_S)
     client = start_client(parties, folder, name)
     injector = threading.Thread(target=fault, args=(parties, kind, link, delay, duration, rng))
@@ -101,7 +101,7 @@ def fault_round(parties, kind: str, rng: random.Random, query_s: float, folder: 
         assert stderr.count("\n") == 1 and stderr.startswith("error: "), stderr
         assert not (folder / f"{name}.json").exists(), "a failed query left a result file"
         outcome = "one line"
-    print(f"network faults: {kind} on the {link} link after {delay:.1f} s for {duration:.1f} s: "
+    print(f"network faults: {kind} on {link} link(s) after {delay:.1f} s for {duration:.1f} s: "
           f"{outcome} in {took:.1f} s {stderr.strip()[:150]}")  # fmt: skip
     return outcome
 

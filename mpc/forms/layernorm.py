@@ -137,7 +137,7 @@ def layer_norm_range_reduced(
        c' / sqrt(v') * weight + bias (c' / sqrt(v') = c / sqrt(var + eps / s): f cancels).
     Accurate for (var + eps) / s in [2^-20, min(2^22, 2^62 / (C 4^p))] (`range_reduced_limits`;
     C = 768: 9.5e-7 .. 1.4e6). Max abs error (3 Newton steps; 5 give the same): 7e-4 for ratios
-    1e-2 .. 1e6, a constant row with one outlier 3e-4; below 1e-2 the error is that of the
+    1e-2 .. 1e6, a constant row with one outlier 1e-4; below 1e-2 the error is that of the
     16-bit input itself, about 2^-16 / row std (7e-3 at 1e-4, 1.7e-2 at 1e-6).
     Cost at C = 768, T = 16: 93 B per element, 28 rounds (5 Newton steps; 22 with 3), against
     50 B and 26 rounds for `public_scale`.
