@@ -13,52 +13,49 @@ a bucket of one 64 KiB TSO frame, so large segments reach the relay whole. Full 
 logged by a party (both directions) take ~(B/2)*8/RATE s, plus TCP/IP headers and ACKs.
 
 Delay without netem: packets from a party link are routed (`ip rule iif to-X lookup 97`: default
-dev delay) into a tun held by a relay process in the hub, which reads each (IFF_VNET_HDR with TSO
-offloads: 64 KiB segments, not 1500-byte packets), keeps it RTT/2 less its own latency and writes
-it back unchanged; re-injected (iif delay) it takes the main table on. Both directions cross the
-hub: RTT = 2 x RTT/2 (0: no relay). Measured here (2 vCPUs) with --check: TCP RTT 0.05-0.4 ms above
-the setting (wake-up latency); the relay passes ~2.8 Gbit/s, or ~13 k packets/s of 1500 bytes;
-tbf gets 0.4-0.6 of 1 Gbit/s (CPU bound) and meets 100 Mbit/s and below (goodput 92-95 %).
+dev delay) into a tun held by a relay process in the hub (`bench.relay`), which reads each
+(IFF_VNET_HDR with TSO offloads: 64 KiB segments, not 1500-byte packets), keeps it RTT/2 less its
+own latency and writes it back unchanged; re-injected (iif delay) it takes the main table on. Both
+directions cross the hub: RTT = 2 x RTT/2 (0: no relay). Measured here (2 vCPUs) with --check: TCP
+RTT 0.05-0.4 ms above the setting (wake-up latency); the relay passes ~2.8 Gbit/s, or ~13 k
+packets/s of 1500 bytes; tbf gets 0.4-0.6 of 1 Gbit/s (CPU bound) and meets 100 Mbit/s and below
+(goodput 92-95 %).
+Faults (tests/test_network_faults.py): a link set down and up, its tbf rate changed during a
+query, and `Topology.loss`, the fraction of packets the relay drops.
 """
 
 from __future__ import annotations
 
 import argparse
-import collections
 import contextlib
-import ctypes
-import fcntl
 import itertools
 import json
 import multiprocessing
 import os
 import re
-import select
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from bench.relay import TUN_IF, enter_namespace, relay
 from bench.schema import NETWORKS
 from models.cli import run_main
 from models.errors import UserError
 from mpc.session.local import LocalParties, party_flags, start_parties
 
 PREFIX, PARTIES = "aeropi-", ("server", "client", "dealer")
-PARTY_IF, TUN_IF, DELAY_TABLE = "eth0", "delay", "97"
+PARTY_IF, DELAY_TABLE = "eth0", "97"
 CONTROL_PORT, DEALER_PORT, PROBE_PORT = 7000, 7100, 9000
 UPLINK_BURST, MIN_BURST, PACING_S = 96 * 1024, 1600, 250e-6  # 64 KiB TSO frame + its headers
-RELAY_LATENCY_S, WAKE_EARLY_S = 30e-6, 300e-6
-TUNSETIFF, TUNSETOFFLOAD, CLONE_NEWNET = 0x400454CA, 0x400454D0, 0x40000000
-TUN_FLAGS = 0x0001 | 0x1000 | 0x4000  # IFF_TUN | IFF_NO_PI | IFF_VNET_HDR
-TUN_OFFLOADS = 0x01 | 0x02 | 0x04  # TUN_F_CSUM | TSO4 | TSO6
+RELAY_LATENCY_S = 30e-6
 _runs = itertools.count()
 
 
@@ -91,6 +88,9 @@ def parse_network(text: str) -> Network:
 @dataclass(frozen=True)
 class Topology:
     tag: str  # aeropi-<pid>-<n>: unique per run, and stale ones are found by their pid
+    # Fraction of packets the delaying relay drops (fault tests set it while the run goes on;
+    # only with RTT > 0, when there is a relay): a shared double, read per packet.
+    loss: Any = field(default=None, compare=False)
 
     def namespace(self, party: str) -> str:  # a party, or "hub"
         return f"{self.tag}-{party}"
@@ -113,18 +113,28 @@ def _run(command: str | list[str]) -> str:
 
 def shape_links(topology: Topology, rate: float | None, rtt_s: float) -> None:
     """tbf at `rate` on both ends of every party link (None: remove the caps)."""
+    for party in PARTIES:
+        shape_link(topology, party, rate, rtt_s)
+
+
+def shape_link(topology: Topology, party: str, rate: float | None, rtt_s: float) -> None:
+    """tbf at `rate` on both ends of one party's link (None: remove the cap)."""
     limit = max(2 * int((rate or 0) / 8 * rtt_s), 256 * 1024)  # queue: 2 x bandwidth-delay
     downlink = max(MIN_BURST, int((rate or 0) / 8 * PACING_S))
-    for party in PARTIES:
-        for space, device, burst in (
-            (topology.namespace(party), PARTY_IF, UPLINK_BURST),
-            (topology.namespace("hub"), f"to-{party}", downlink),
-        ):
-            if rate is None:  # back to the default qdisc
-                subprocess.run(f"tc -n {space} qdisc del dev {device} root".split(), stderr=-3)
-            else:
-                _run(f"tc -n {space} qdisc replace dev {device} root tbf rate {rate:.0f}bit "
-                     f"burst {burst} limit {limit}")  # fmt: skip
+    for space, device, burst in (
+        (topology.namespace(party), PARTY_IF, UPLINK_BURST),
+        (topology.namespace("hub"), f"to-{party}", downlink),
+    ):
+        if rate is None:  # back to the default qdisc
+            subprocess.run(f"tc -n {space} qdisc del dev {device} root".split(), stderr=-3)
+        else:
+            _run(f"tc -n {space} qdisc replace dev {device} root tbf rate {rate:.0f}bit "
+                 f"burst {burst} limit {limit}")  # fmt: skip
+
+
+def set_link_up(topology: Topology, party: str, up: bool) -> None:
+    """Take a party's link down at the hub (its frames go nowhere) or bring it back."""
+    _run(f"ip -n {topology.namespace('hub')} link set to-{party} {'up' if up else 'down'}")
 
 
 def build(topology: Topology, network: Network) -> None:
@@ -192,45 +202,9 @@ def sweep_stale() -> None:
             subprocess.run(["ip", "netns", "del", name], capture_output=True)
 
 
-def _enter(namespace: str) -> None:
-    """Move this child process into a namespace; it ignores Ctrl-C and dies with its parent."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-    with open(f"/run/netns/{namespace}") as handle:
-        if libc.setns(handle.fileno(), CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns into {namespace} failed")
-
-
-def _relay(namespace: str, hold_s: float, ready) -> None:
-    """Child process in the hub: hold every packet of the tun for `hold_s`, then re-inject it."""
-    _enter(namespace)
-    ctypes.CDLL(None).prctl(29, 1, 0, 0, 0)  # PR_SET_TIMERSLACK 1 ns, not 50 us
-    with contextlib.suppress(OSError):  # real-time priority: a steady delay while parties compute
-        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
-    tun = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK)
-    fcntl.ioctl(tun, TUNSETIFF, struct.pack("16sH", TUN_IF.encode(), TUN_FLAGS))
-    fcntl.ioctl(tun, TUNSETOFFLOAD, TUN_OFFLOADS)
-    ready.send("ready")
-    held: collections.deque = collections.deque()  # (due, packet); one delay, so FIFO order
-    while True:
-        wait = max(0.0, held[0][0] - time.monotonic()) if held else None
-        if wait is not None and wait > WAKE_EARLY_S:  # long sleeps overshoot by up to 0.3 ms:
-            wait -= WAKE_EARLY_S  # wake early, then sleep the short rest (~30 us late)
-        if select.select([tun], [], [], wait)[0]:
-            due = time.monotonic() + hold_s
-            with contextlib.suppress(BlockingIOError):
-                for _ in range(256):
-                    held.append((due, os.read(tun, 1 << 18)))  # virtio header + packet, as is
-        now = time.monotonic()
-        while held and held[0][0] <= now:
-            with contextlib.suppress(OSError):  # no route any more: dropped, as by a router
-                os.write(tun, held.popleft()[1])
-
-
 def _probe_server(namespace: str, address: str, ready) -> None:
     """Child process: one echo connection (RTT), then one sink connection (throughput)."""
-    _enter(namespace)
+    enter_namespace(namespace)
     with socket.create_server((address, PROBE_PORT)) as server:
         ready.send("ready")
         for echo in (True, False):
@@ -243,7 +217,7 @@ def _probe_server(namespace: str, address: str, ready) -> None:
 
 
 def _probe_client(namespace: str, address: str, pings: int, size: int, result) -> None:
-    _enter(namespace)
+    enter_namespace(namespace)
     rtts = []
     with socket.create_connection((address, PROBE_PORT), timeout=30) as conn:
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -297,18 +271,19 @@ def measure_link(topology: Topology, network: Network, pings: int = 30) -> dict:
 def shaped_network(network: Network | str) -> Iterator[Topology]:
     """The built topology with its relay running; all of it removed when the block ends."""
     network = parse_network(network) if isinstance(network, str) else network
-    topology, relay = Topology(f"{PREFIX}{os.getpid()}-{next(_runs)}"), None
+    loss = multiprocessing.get_context("spawn").RawValue("d", 0.0)
+    topology, relay_process = Topology(f"{PREFIX}{os.getpid()}-{next(_runs)}", loss), None
     sweep_stale()
     try:
         build(topology, network)
         if network.rtt_s > 0:
             hold = max(0.0, network.rtt_s / 2 - RELAY_LATENCY_S)
-            relay, _ = _spawn(_relay, topology.namespace("hub"), hold)
+            relay_process, _ = _spawn(relay, topology.namespace("hub"), hold, loss)
         yield topology
     finally:
-        if relay is not None:
-            relay.kill()
-            relay.join()
+        if relay_process is not None:
+            relay_process.kill()
+            relay_process.join()
         if failed := teardown(topology):
             print(f"netns: could not delete {failed}: run `ip netns del` on them", file=sys.stderr)
 

@@ -123,6 +123,27 @@ class ModelConfig(JsonConfig):
     def ffn_hidden(self) -> int:
         return self.n_embd if self.ffn_form == "fused" else self.ffn_mult * self.n_embd
 
+    @property
+    def n_params(self) -> int:
+        """Parameters of the inference model (training-only entropy thresholds aside), from the
+        config alone: what building this config's skeleton would allocate."""
+        width, bias = self.n_embd, int(self.bias)
+
+        def linear(fan_in: int, fan_out: int) -> int:
+            return fan_in * fan_out + bias * fan_out
+
+        norm = 2 * width if self.norm == "layernorm" else 0
+        attention = linear(width, 3 * width) + linear(width, width)
+        attention += self.n_head * self.block_size if self.attn_temperature else 0
+        if self.ffn_form == "fused":
+            ffn = linear(width, width)
+        else:
+            ffn = linear(width, self.ffn_hidden) + linear(self.ffn_hidden, width)
+        ffn += 2 if self.ffn_scaled else 0
+        ffn_layers = self.n_layer - self.pruned_ffn_layers
+        tables = (self.vocab_size + self.block_size) * width
+        return tables + self.n_layer * (norm + attention) + ffn_layers * (norm + ffn) + norm
+
     def has_ffn(self, layer: int) -> bool:
         return layer < self.n_layer - self.pruned_ffn_layers
 

@@ -20,12 +20,13 @@ from models.cli import parse_bool
 from models.config import JsonConfig
 from models.errors import UserError
 from mpc.compat import import_crypten
-from mpc.forms import form_names
+from mpc.forms import form, form_names
 
 RECIPROCAL_METHODS = ("NR", "log")
 SIGMOID_TANH_METHODS = ("reciprocal", "chebyshev")
 GELU_FORMS = form_names("gelu")  # the registry (mpc.forms) is the one list of forms
 SOFTMAX_FORMS = form_names("softmax")
+LAYERNORM_FORMS = form_names("layernorm")
 COMPARISONS = ("stock", "packed", "packed4")
 SOFTMAX_RECIPROCALS = ("newton", "bracketed")
 POSITIVE_INT_FIELDS = (
@@ -40,6 +41,7 @@ CHOICES = {
     "sigmoid_tanh_method": SIGMOID_TANH_METHODS,
     "gelu_form": GELU_FORMS,
     "softmax_form": SOFTMAX_FORMS,
+    "layernorm_form": LAYERNORM_FORMS,
     "comparison": COMPARISONS,
     "softmax_reciprocal": SOFTMAX_RECIPROCALS,
 }
@@ -78,9 +80,13 @@ class ApproxConfig(JsonConfig):
     softmax_logit_bound: float = 2.5
     # The tree and max-free softmaxes' reciprocal of the row sums: "newton" (CrypTen's: an
     # exp-based guess and reciprocal_iterations steps, 28 rounds) or "bracketed" (a comparison
-    # against the powers of two in the sums' known range, then 3 steps: 15 rounds with packed
-    # comparisons; mpc.forms.softmax.bracketed_reciprocal)
+    # against the powers of two in the sums' known range, then 3 steps: 10 rounds with radix-4
+    # packed comparisons; mpc.forms.softmax.bracketed_reciprocal)
     softmax_reciprocal: str = "newton"
+    # "range_reduced": each row brought near variance 1 by a secret power of two first; accurate
+    # for row variances 1e-6 .. 1e6 times the calibrated scale (public_scale: 0.1 .. 100), at
+    # about twice the bytes of a LayerNorm (mpc.forms.layernorm)
+    layernorm_form: str = "public_scale"
     # Protocol knobs (mpc.optimized: beaver, weight_masks, packed_compare): the same numbers,
     # fewer bytes, rounds or seconds. PROFILES names the two standard settings.
     weight_masks: bool = False  # share each weight once per model; queries open only X - A
@@ -116,6 +122,7 @@ class ApproxConfig(JsonConfig):
         self._check_choice("sigmoid_tanh_method", SIGMOID_TANH_METHODS)
         self._check_choice("gelu_form", GELU_FORMS)
         self._check_choice("softmax_form", SOFTMAX_FORMS)
+        self._check_choice("layernorm_form", LAYERNORM_FORMS)
         self._check_choice("comparison", COMPARISONS)
         self._check_choice("softmax_reciprocal", SOFTMAX_RECIPROCALS)
         for name in ("weight_masks", "fast_matmul", "pair_channel", "offline_dealer", "fused_relu"):
@@ -144,6 +151,17 @@ class ApproxConfig(JsonConfig):
     def _check_choice(self, name: str, choices: tuple[str, ...]) -> None:
         if getattr(self, name) not in choices:
             raise ApproxError(f"{name}={getattr(self, name)!r}; choose one of {choices}")
+
+
+def check_context(approx: ApproxConfig, block_size: int) -> None:
+    """Refuse a softmax form that is not accurate on the model's longest attention row."""
+    longest = form("softmax", approx.softmax_form).max_row
+    if longest is not None and block_size > longest:
+        raise ApproxError(
+            f"softmax_form={approx.softmax_form} is accurate on rows of at most {longest} "
+            f"entries (its reciprocal overflows near 256), but the context is {block_size}: "
+            "use --softmax-form tree"
+        )
 
 
 # The protocol knobs of each named profile; "stock" is CrypTen 0.4.1 as shipped.

@@ -39,7 +39,12 @@ from mpc.session.control import (
 from mpc.session.guards import native_stderr_to_file
 from mpc.session.party import SessionSpec, run_party
 from mpc.session.progress import MODES, QueryProgress
-from mpc.session.public_model import PublicModel, accept_description
+from mpc.session.public_model import (
+    DEFAULT_MAX_MODEL_BYTES,
+    PublicModel,
+    accept_description,
+    check_model_size,
+)
 
 EXIT_BUSY = 75  # sysexits' EX_TEMPFAIL: "try again later"
 
@@ -105,13 +110,14 @@ def check_public_model(hello: dict, expect_fingerprint: str | None, expect_arch:
     )
 
 
-def model_of(public: PublicModel):
-    """(config, tokenizer or None) of the server's description; a malformed one is the server's
-    fault, reported as such."""
+def model_of(public: PublicModel, max_bytes: float = DEFAULT_MAX_MODEL_BYTES):
+    """(config, tokenizer or None) of the server's description; a malformed one, or one too
+    large to build (`check_model_size`), is the server's fault, reported as such."""
     try:
         cfg = ModelConfig.from_dict(public.config)
     except (ConfigError, TypeError, ValueError) as error:
         raise ControlError(f"the server's model config is invalid ({one_line(error)})") from None
+    check_model_size(cfg, max_bytes)
     if not public.tokenizer_json:
         return cfg, None
     try:
@@ -133,7 +139,7 @@ def query(args: argparse.Namespace) -> dict:
     with sock:
         hello = recv_message(sock, args.timeout, expect="hello")
         public = check_public_model(hello, args.expect_fingerprint, args.expect_arch)
-        cfg, tokenizer = model_of(public)
+        cfg, tokenizer = model_of(public, args.max_model_bytes)
         if args.tokens is None and tokenizer is None:
             raise UserError("the server has no tokenizer (random weights): give --tokens")
         if args.tokens:
@@ -235,12 +241,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="a bar on the terminal (auto: only if stderr is one), one stdout line per block "
         "(lines), or none",
     )
+    parser.add_argument(
+        "--max-model-bytes",
+        type=float,
+        default=DEFAULT_MAX_MODEL_BYTES,
+        help="refuse a server whose model's float32 parameters take more (default "
+        f"{DEFAULT_MAX_MODEL_BYTES:g}): the client builds the model's skeleton",
+    )
     parser.add_argument("--json-out", help="write tokens, logits and costs to this JSON file")
     args = parser.parse_args(argv)
     if args.max_new_tokens < 1:
         parser.error("--max-new-tokens must be at least 1")
     if not args.timeout > 0:
         parser.error("--timeout must be positive")
+    if not args.max_model_bytes > 0:
+        parser.error("--max-model-bytes must be positive")
     return args
 
 

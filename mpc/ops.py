@@ -32,7 +32,7 @@ class CryptenOps(TensorOps):
         self._gelu = form("gelu", approx.gelu_form).crypten
         self._relu = form("relu", "stock").crypten
         self._softmax = form("softmax", approx.softmax_form).crypten
-        self._layer_norm = form("layernorm", "public_scale").crypten
+        self._layer_norm = form("layernorm", approx.layernorm_form).crypten
 
     def _configured(self) -> contextlib.AbstractContextManager[None]:
         crypten = import_crypten()
@@ -55,7 +55,8 @@ class CryptenOps(TensorOps):
     def layer_norm(
         self, x: Tensor, weight: Tensor, bias: Tensor, eps: float, var_scale: float = 1.0
     ) -> Tensor:
-        """`mpc.forms.layernorm`: the rows scaled by the public calibration `var_scale`."""
+        """The LayerNorm form `approx.layernorm_form` (`mpc.forms.layernorm`), the rows scaled by
+        the public calibration `var_scale`."""
         with self._configured():
             return self._layer_norm(x, weight, bias, eps, var_scale, approx=self.approx)
 

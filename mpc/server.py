@@ -20,13 +20,11 @@ import tempfile
 import threading
 from pathlib import Path
 
-import torch
-
 from models.atomic import atomic_write_json
 from models.checkpoint import load_checkpoint, random_checkpoint, save_checkpoint
 from models.cli import add_config_args, config_from_args, run_main
 from models.errors import UserError
-from mpc.approx import ApproxConfig, add_approx_arguments, approx_from_arguments
+from mpc.approx import add_approx_arguments, approx_from_arguments
 from mpc.optimized.weight_masks import MaskSecret
 from mpc.session.control import (
     BUSY,
@@ -45,47 +43,7 @@ from mpc.session.control import (
 )
 from mpc.session.party import SessionSpec, run_party
 from mpc.session.public_model import PublicModel
-from mpc.session.secure_model import (
-    SERVER,
-    calibrate_layernorms,
-    calibration_tokens,
-    check_softmax_bound,
-    inference_model,
-)
-
-
-def describe_model(
-    checkpoint_path: str, approx: ApproxConfig, dealer: str, weights: str = ""
-) -> PublicModel:
-    """The public description of a checkpoint, with LayerNorm scales calibrated on public text;
-    `weights` labels where the weights came from (default: the checkpoint's file name)."""
-    checkpoint = load_checkpoint(checkpoint_path)
-    model = inference_model(checkpoint.config, checkpoint.model_state)
-    scales: list[float] = []
-    cfg = checkpoint.config
-    if checkpoint.tokenizer_json:
-        tokens = calibration_tokens(checkpoint.tokenizer_json, cfg.block_size)
-    else:  # random weights have no tokenizer; random ids exercise them just as well
-        tokens = torch.randint(
-            0, cfg.vocab_size, (4, cfg.block_size), generator=torch.Generator().manual_seed(0)
-        )
-    if cfg.norm == "layernorm":
-        scales = calibrate_layernorms(model, tokens)
-    if approx.softmax_form == "max_free":
-        try:
-            check_softmax_bound(model, tokens, approx.softmax_logit_bound)
-        except ValueError as error:
-            raise UserError(str(error)) from None
-    return PublicModel(
-        backend="crypten",
-        config=checkpoint.config.to_dict(),
-        settings=approx.to_dict(),
-        tokenizer_json=checkpoint.tokenizer_json,
-        dealer=dealer,
-        layernorm_var_scales=scales,
-        weights=weights or Path(checkpoint_path).name,
-    )
-
+from mpc.session.secure_model import SERVER, describe_model
 
 REQUEST_FIELDS = {"type", "version", "fingerprint", "prompt_length", "new_tokens", "all_positions"}
 

@@ -62,6 +62,21 @@ def test_function_costs_match_the_notes(client_profile):
     assert per_element(norm, 16 * 768) == (49.5, 20)
 
 
+def test_range_reduced_layernorm_costs(client_profile):
+    """mpc.forms.layernorm's docstrings: 93.4 B/elem and 28 rounds at C = 768, T = 16 (5 Newton
+    steps), against 49.7 and 26 for public_scale; 3 steps save 6 rounds; the packed comparison
+    (optimized profile) makes its 21 thresholds cheaper."""
+    shape, n = (1, 16, 768), 16 * 768
+    ranged = layer_norm(client_profile(layernorm_form="range_reduced"), shape)
+    public = layer_norm(client_profile(), shape)
+    assert (round(ranged.bytes / n, 1), ranged.rounds) == (93.4, 28)
+    assert (round(public.bytes / n, 1), public.rounds) == (49.7, 26)
+    fewer = layer_norm(client_profile(layernorm_form="range_reduced", sqrt_iterations=3), shape)
+    assert fewer.rounds == 22
+    packed = layer_norm(client_profile(layernorm_form="range_reduced", comparison="packed"), shape)
+    assert (round(packed.bytes / n, 1), packed.rounds) == (84.0, 28)
+
+
 def test_ttp_dealer_traffic_is_charged_to_the_server_only():
     approx, n = ApproxConfig(), 1000
     server = CrypTenCosts(approx, "ttp", "server")
@@ -152,6 +167,19 @@ DEFAULT_SESSIONS = {
     # The optimized profile (tests/test_optimized.py covers ttp with a trained baseline).
     "sm+ln+r-tfp-optimized-allpositions": ("sm+ln+r", "tfp", OPTIMIZED, [(6, 1, True)]),
     "aero-ttp-optimized-from1": ("aero", "ttp", OPTIMIZED, [(1, 2, False)]),
+    # The range-reduced LayerNorm, with CrypTen's comparison and with the packed one.
+    "baseline-ttp-rangeln": (
+        "baseline",
+        "ttp",
+        {"layernorm_form": "range_reduced"},
+        [(7, 2, False)],
+    ),
+    "sm+ln+r-ttp-optimized-rangeln": (
+        "sm+ln+r",
+        "ttp",
+        {**OPTIMIZED, "layernorm_form": "range_reduced"},
+        [(5, 1, True)],
+    ),
 }
 
 
@@ -172,6 +200,9 @@ def _slow_cases() -> list:
                 approx = {"gelu_form": gelu_form, "softmax_form": softmax_form}
                 cases.append(pytest.param(arch, approx, id=f"{arch}-{gelu_form}-{softmax_form}"))
         cases.append(pytest.param(arch, OPTIMIZED, id=f"{arch}-optimized"))
+        if resolve_config(arch, "tiny").norm == "layernorm":
+            ranged = {"layernorm_form": "range_reduced"}
+            cases.append(pytest.param(arch, ranged, id=f"{arch}-range-reduced-layernorm"))
     other = {"gelu_form": "tanh", "sigmoid_tanh_method": "chebyshev", "reciprocal_method": "log"}
     cases.append(pytest.param("baseline", other, id="baseline-chebyshev-log"))
     return cases

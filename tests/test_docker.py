@@ -6,6 +6,8 @@
 - The compose commands themselves, run in three network namespaces (bench.netns) where the service
   names resolve as on a compose network: the run ends by itself and leaves its results.
 - The Dockerfile's RUN steps, run in a fresh virtual environment (slow).
+- The image built and the compose file run for real by scripts/docker_local.sh, where a Docker
+  engine, debootstrap and docker-compose are at hand (slow; skipped elsewhere).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import json
 import os
 import re
 import shlex
@@ -139,7 +142,7 @@ def test_programs_exist_and_accept_their_flags():
     assert client.timeout >= 300, "the client retries its connection while the server starts"
     # Each party writes into its own mounted folder: the server's container never sees the
     # client's prompt ids and logits. The report reads both from the run folder above them.
-    run = ROOT / "results" / "docker" / "baseline-tiny"
+    run = ROOT / "results" / "docker-baseline-tiny"
     assert (
         mount("server") == (run / "server", "/app/results") == (run / "server", server.measure_dir)
     )
@@ -147,7 +150,7 @@ def test_programs_exist_and_accept_their_flags():
     assert client.json_out.startswith("/app/results/client-")
     assert "volumes" not in SERVICES["dealer"], "the dealer keeps nothing"
     source, target = mount("report")
-    assert source == ROOT / "results" and collect.folder == f"{target}/docker/baseline-tiny"
+    assert source == ROOT / "results" and collect.folder == f"{target}/docker-baseline-tiny"
 
 
 def dockerfile_steps() -> list[tuple[str, str]]:
@@ -156,17 +159,35 @@ def dockerfile_steps() -> list[tuple[str, str]]:
     return [tuple(line.split(None, 1)) for line in lines if line and not line.startswith("#")]
 
 
+def run_mounts(body: str) -> tuple[dict[str, dict[str, str]], str]:
+    """A RUN body's BuildKit mounts ({type: options}) and its shell command."""
+    mounts = {}
+    while body.startswith("--mount="):
+        option, _, body = body.partition(" ")
+        fields = dict(item.split("=", 1) for item in option[len("--mount=") :].split(","))
+        mounts[fields.pop("type")] = fields
+    return mounts, body
+
+
 def test_dockerfile_installs_as_setup_sh_does():
     steps = dockerfile_steps()
-    assert steps[0] == ("FROM", "python:3.11-slim")
-    runs = [body for kind, body in steps if kind == "RUN"]
-    torch = next(i for i, r in enumerate(runs) if "torch==2.13.0" in r)
-    project = runs.index("pip install .")
-    crypten = next(i for i, r in enumerate(runs) if "crypten==0.4.1" in r)
-    assert torch < project < crypten, "torch's CPU build, then the project, then crypten"
-    assert "--no-deps" in runs[crypten] and "--index-url" in runs[torch]
+    assert steps[:2] == [("ARG", "BASE_IMAGE=python:3.11-slim"), ("FROM", "${BASE_IMAGE}")]
+    runs = [run_mounts(body) for kind, body in steps if kind == "RUN"]
+    commands = [command for _, command in runs]
+    torch = next(i for i, r in enumerate(commands) if "torch==2.13.0" in r)
+    project = next(i for i, r in enumerate(commands) if "pip install . " in r)
+    assert "crypten==0.4.1" in commands[project].split("pip install . ", 1)[1]
+    assert torch < project, "torch's CPU build, then the project, then crypten"
+    assert '--no-deps "crypten==0.4.1"' in commands[project] and "--index-url" in commands[torch]
     args = dict(body.split("=", 1) for kind, body in steps if kind == "ARG")
     assert args["TORCH_INDEX"].endswith("/whl/cpu")
+    # Optional local wheels and a proxy's CA bundle: mounted for the step only, never copied.
+    assert runs[torch][0]["bind"] == {"source": "docker/wheels", "target": "/wheels"}
+    assert "--find-links /wheels" in commands[torch] and (ROOT / "docker/wheels").is_dir()
+    for mounts, command in runs:
+        if "pip install" in command:
+            assert mounts["secret"] == {"id": "pip_cert"} and "PIP_CERT" in command
+    assert not any("pip_cert" in body or "wheels" in body for kind, body in steps if kind == "COPY")
     for kind, body in steps:
         if kind == "COPY":
             *sources, _ = body.split()
@@ -242,7 +263,7 @@ def test_compose_commands_run_end_to_end_in_namespaces(tmp_path):
     argv = ["env", f"PATH={path}", *service_argv("report")]  # after the client: no network
     report = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT)
     assert report.returncode == 0, report.stderr
-    folder = results / "docker" / "baseline-tiny"
+    folder = results / "docker-baseline-tiny"
     assert {p.name for p in (folder / "server").iterdir()} == {"server-1.json"}
     assert {p.name for p in (folder / "client").iterdir()} == {"client-1.json"}
     made = {p.name for p in folder.iterdir()}
@@ -275,6 +296,7 @@ def test_dockerfile_run_steps_install_a_working_environment(tmp_path):
                 copy = shutil.copytree if (ROOT / source).is_dir() else shutil.copy
                 copy(ROOT / source, destination)
         elif kind == "RUN" and not body.startswith("apt-get"):
+            body = run_mounts(body)[1].replace("/wheels", str(DOCKER / "wheels"))
             done = subprocess.run(
                 ["sh", "-c", body], cwd=app, env=env, capture_output=True, text=True, timeout=1500
             )
@@ -283,3 +305,37 @@ def test_dockerfile_run_steps_install_a_working_environment(tmp_path):
     done = subprocess.run(["python", "-c", check], cwd=app, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split()[-1] == "None", "torch is not the CPU build"
+
+
+def docker_engine_missing() -> str | None:
+    """Why the real image cannot be built and run here, or None."""
+    if os.geteuid() != 0:
+        return "needs root"
+    for tool in ("/usr/bin/docker", "docker-compose", "debootstrap"):
+        if not shutil.which(tool):
+            return f"needs {tool}"
+    info = subprocess.run(["/usr/bin/docker", "info"], capture_output=True, timeout=60)
+    return None if info.returncode == 0 else "no Docker engine is running"
+
+
+@pytest.mark.slow
+def test_image_builds_and_compose_runs_for_real(tmp_path):
+    """scripts/docker_local.sh: the image from a local base, compose v1 up, results collected."""
+    if reason := docker_engine_missing():
+        pytest.skip(reason)
+    env = {**os.environ, "RESULTS_DIR": str(tmp_path), "SEQ_LEN": "8"}
+    done = subprocess.run(
+        ["bash", str(ROOT / "scripts/docker_local.sh")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=3000,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    folder = tmp_path / "docker-baseline-tiny"
+    record = json.loads((folder / "docker-run.json").read_text())
+    assert {c["exit_code"] for c in record["containers"].values()} == {0}
+    assert record["trust"]["dealer"] == "ttp" and record["peers_seen"]["server saw the client at"]
+    rows = pd.read_csv(folder / "results.csv")
+    assert set(rows.party) == {"server", "client"} and (rows.bytes == rows.predicted_bytes).all()
+    assert (folder / "client" / "client-1.json").is_file()

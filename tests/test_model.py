@@ -146,3 +146,14 @@ def test_hf_state_dict_with_wrong_shape_is_rejected():
     state = _hf_reference(cfg).state_dict()
     with pytest.raises(HFWeightsError, match="does not fit"):
         load_hf_gpt2_state_dict(state, cfg.replace(n_embd=64))
+
+
+@pytest.mark.parametrize("arch", list(VARIANTS))
+def test_parameter_count_from_the_config_alone(arch):
+    """`ModelConfig.n_params` (the client's size check before building a skeleton) counts the
+    inference model's parameters exactly."""
+    from mpc.session.secure_model import inference_model
+
+    for preset in ("tiny", "small"):
+        cfg = resolve_config(arch, preset)
+        assert cfg.n_params == sum(p.numel() for p in inference_model(cfg).parameters())

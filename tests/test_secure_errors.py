@@ -144,6 +144,43 @@ def test_unreachable_server():
     assert_one_line_error(result, "cannot reach the server at 127.0.0.1:")
 
 
+def test_hostile_server_announcing_a_huge_model_is_refused_before_building_it():
+    """A fake server's hello with a well-formed description (fingerprint and all) of a model with
+    10^6 layers: 7 T parameters the client would allocate for its skeleton. It refuses at once,
+    with one line, and far below the memory such a skeleton needs."""
+    import threading
+
+    from models.config import resolve_config
+    from mpc.approx import ApproxConfig
+    from mpc.session.control import listen
+    from mpc.session.public_model import PublicModel
+
+    huge = resolve_config("baseline", "gpt2", n_layer=10**6)
+    public = PublicModel("crypten", huge.to_dict(), ApproxConfig().to_dict(), "", "ttp")
+    hello = {"type": "hello", "version": CONTROL_VERSION, "public": public.to_dict()}
+    hello |= {"fingerprint": public.fingerprint(), "trust": public.trust}
+    port = free_port()
+    listener = listen("127.0.0.1", port, "fake server")
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            send_message(conn, hello)
+            conn.settimeout(30)
+            conn.recv(1)  # until the client hangs up
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    started = time.monotonic()
+    result = run(["mpc.client", "--tokens", "/dev/null", "--port", str(port), "--timeout", "20"])
+    listener.close()
+    assert_one_line_error(result, "more than --max-model-bytes 4 GB allows")
+    assert "7,087,911 M parameters" in result.stderr, result.stderr
+    assert time.monotonic() - started < 60
+    smaller = resolve_config("baseline", "gpt2")
+    assert 4 * smaller.n_params < 4e9 < 4 * huge.n_params  # GPT-2 small passes the default
+
+
 def test_corrupt_checkpoint_and_port_in_use(tmp_path, tiny_checkpoints):
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(tiny_checkpoints["baseline"].read_bytes()[:5000])

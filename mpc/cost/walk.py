@@ -29,7 +29,7 @@ Costs = dict[tuple[int, str], tuple[float, float]]
 
 
 def layer_norm(p: CrypTenCosts, shape: Shape) -> Cost:
-    return form("layernorm", "public_scale").cost(p, shape)
+    return form("layernorm", p.approx.layernorm_form).cost(p, shape)
 
 
 def gelu(p: CrypTenCosts, shape: Shape) -> Cost:

@@ -13,3 +13,4 @@ class Form:
     crypten: Callable[..., Any]  # (inputs..., approx=ApproxConfig) -> MPCTensor
     cost: Callable[[Any, tuple[int, ...]], Any]  # (CrypTenCosts, shape) -> Cost
     jax: Callable[[Any], Any] | None = None  # SPU: the same function on jax arrays
+    max_row: int | None = None  # softmax: the longest row it is accurate on (None: any)

@@ -205,7 +205,7 @@ def softmax_max_free_cost(p: Any, shape: tuple[int, ...]) -> Any:
 
 
 SOFTMAX = {
-    "stock": Form("stock", softmax_stock, softmax_stock_cost),
+    "stock": Form("stock", softmax_stock, softmax_stock_cost, max_row=200),
     "tree": Form("tree", softmax_tree, softmax_tree_cost),
     "max_free": Form("max_free", softmax_max_free, softmax_max_free_cost),
 }

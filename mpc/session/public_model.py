@@ -12,11 +12,13 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from models.config import canonical_arch
+from models.config import ModelConfig, canonical_arch
 from mpc.roles import TRUST_LABELS
 from mpc.session.control import CONTROL_VERSION, ControlError, one_line, short_repr
 
 BACKENDS = ("crypten", "spu-semi2k", "spu-cheetah")
+DEFAULT_MAX_MODEL_BYTES = 4e9  # float32 parameters: GPT-2 large (774 M) fits, XL (1.56 G) not
+SIZE_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "ffn_mult")
 
 
 @dataclass(frozen=True)
@@ -101,3 +103,17 @@ def accept_description(
             f"expected {canonical_arch(expect_arch)}"
         )
     return public
+
+
+def check_model_size(cfg: ModelConfig, max_bytes: float = DEFAULT_MAX_MODEL_BYTES) -> None:
+    """Refuse, before building anything, a model whose float32 parameters (counted from the
+    config alone) exceed `max_bytes`: a client builds its skeleton from what the server
+    announces, before any fingerprint it pinned could have caught a hostile one."""
+    if any(type(getattr(cfg, name)) is not int for name in SIZE_FIELDS):
+        raise ControlError("the server's model config has sizes that are not integers")
+    size = 4 * cfg.n_params
+    if size > max_bytes:
+        raise ControlError(
+            f"the server announces a model of {cfg.n_params / 1e6:,.0f} M parameters "
+            f"({size / 1e9:,.1f} GB), more than --max-model-bytes {max_bytes / 1e9:g} GB allows"
+        )

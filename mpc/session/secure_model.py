@@ -1,4 +1,5 @@
-"""From a checkpoint to the encrypted model: inference weights, LayerNorm calibration, sharing.
+"""From a checkpoint to the encrypted model: inference weights, LayerNorm calibration, the public
+description (with the checks that refuse a form outside its valid range), sharing.
 
 The encrypted model IS `models.gpt.GPT`: the same modules and forward pass, with `CryptenOps` and
 every parameter replaced by a CrypTensor secret-shared from the server's rank. The client builds the
@@ -8,15 +9,20 @@ from a non-owner) and so never sees a weight.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch.nn.utils import parametrize
 
+from models.checkpoint import load_checkpoint
 from models.config import ModelConfig
 from models.data import encode_documents, load_documents, split_documents, tokenizer_from_json
+from models.errors import UserError
 from models.gpt import GPT, LayerNorm
+from mpc.approx import ApproxConfig, check_context
 from mpc.roles import SERVER
+from mpc.session.public_model import PublicModel
 
 
 def inference_model(cfg: ModelConfig, state: dict[str, torch.Tensor] | None = None) -> GPT:
@@ -38,14 +44,12 @@ def layer_norms(model: GPT) -> list[LayerNorm]:
 
 
 @torch.no_grad()
-def calibrate_layernorms(model: GPT, tokens: torch.Tensor) -> list[float]:
-    """One public variance scale per LayerNorm: the median row variance of its input on
-    calibration text, so that var / scale sits near 1 where CrypTen's inverse square root is
-    accurate. Computed by the server in plaintext on public text, before any query."""
-    scales: list[float] = []
+def layernorm_variances(model: GPT, tokens: torch.Tensor) -> list[torch.Tensor]:
+    """Each LayerNorm's input row variances (biased, as the LayerNorm's) on calibration text."""
+    found: list[torch.Tensor] = []
     hooks = [
         norm.register_forward_pre_hook(
-            lambda _, args: scales.append(float(args[0].var(-1, unbiased=False).median()))
+            lambda _, args: found.append(args[0].var(-1, unbiased=False))
         )
         for norm in layer_norms(model)
     ]
@@ -54,7 +58,33 @@ def calibrate_layernorms(model: GPT, tokens: torch.Tensor) -> list[float]:
     finally:
         for hook in hooks:
             hook.remove()
-    return [max(scale, 1e-4) for scale in scales]
+    return found
+
+
+def calibrate_layernorms(model: GPT, tokens: torch.Tensor) -> list[float]:
+    """One public variance scale per LayerNorm: the median row variance of its input on
+    calibration text, so that var / scale sits near 1 where CrypTen's inverse square root is
+    accurate. Computed by the server in plaintext on public text, before any query."""
+    return [max(float(v.median()), 1e-4) for v in layernorm_variances(model, tokens)]
+
+
+def check_layernorm_range(
+    model: GPT, tokens: torch.Tensor, scales: list[float], form: str, precision_bits: int
+) -> None:
+    """Refuse a LayerNorm form for a model whose rows, on public calibration text, already leave
+    the form's accurate window of (variance + eps) / scale (the server's check before serving)."""
+    from mpc.forms.layernorm import variance_ratio_limits
+
+    cfg, variances = model.config, layernorm_variances(model, tokens)
+    pairs = zip(variances, scales, strict=True)
+    ratios = torch.cat([((v + cfg.layer_norm_eps) / s).flatten() for v, s in pairs])
+    low, high = variance_ratio_limits(form, cfg.n_embd, precision_bits)
+    if ratios.min() < low or ratios.max() > high:
+        raise ValueError(
+            f"layernorm_form={form} is accurate for row variances {low:.2g} .. {high:.2g} times "
+            f"the calibrated scale, but this model's rows reach {float(ratios.min()):.2g} .. "
+            f"{float(ratios.max()):.2g} on calibration text: use --layernorm-form range_reduced"
+        )
 
 
 @torch.no_grad()
@@ -108,6 +138,47 @@ def calibration_tokens(tokenizer_json: str, length: int, rows: int = 4) -> torch
     if len(ids) < needed:
         raise ValueError(f"calibration text has {len(ids)} tokens, {needed} needed")
     return torch.from_numpy(ids[:needed].astype("int64")).view(rows, length)
+
+
+CALIBRATION_LENGTH = 128  # tokens per calibration row at most (a 1024 context needs no more)
+
+
+def describe_model(
+    checkpoint_path: str, approx: ApproxConfig, dealer: str, weights: str = ""
+) -> PublicModel:
+    """The public description of a checkpoint, with LayerNorm scales calibrated on public text;
+    `weights` labels where the weights came from (default: the checkpoint's file name). A form
+    the model leaves the valid range of (on its context, or on calibration text) is refused."""
+    checkpoint = load_checkpoint(checkpoint_path)
+    cfg = checkpoint.config
+    model = inference_model(cfg, checkpoint.model_state)
+    scales: list[float] = []
+    length = min(cfg.block_size, CALIBRATION_LENGTH)
+    if checkpoint.tokenizer_json:
+        tokens = calibration_tokens(checkpoint.tokenizer_json, length)
+    else:  # random weights have no tokenizer; random ids exercise them just as well
+        tokens = torch.randint(
+            0, cfg.vocab_size, (4, length), generator=torch.Generator().manual_seed(0)
+        )
+    try:
+        check_context(approx, cfg.block_size)
+        if cfg.norm == "layernorm":
+            scales = calibrate_layernorms(model, tokens)
+            form, bits = approx.layernorm_form, approx.precision_bits
+            check_layernorm_range(model, tokens, scales, form, bits)
+        if approx.softmax_form == "max_free":
+            check_softmax_bound(model, tokens, approx.softmax_logit_bound)
+    except ValueError as error:  # ApproxError is one too
+        raise UserError(str(error)) from None
+    return PublicModel(
+        backend="crypten",
+        config=cfg.to_dict(),
+        settings=approx.to_dict(),
+        tokenizer_json=checkpoint.tokenizer_json,
+        dealer=dealer,
+        layernorm_var_scales=scales,
+        weights=weights or Path(checkpoint_path).name,
+    )
 
 
 def encrypt_parameters(model: GPT, crypten: Any, src: int = SERVER) -> None:

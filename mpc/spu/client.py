@@ -23,7 +23,7 @@ from models.errors import UserError
 from mpc.client import read_token_file, validate_tokens
 from mpc.session.control import PeerError, connect, recv_message, send_message
 from mpc.session.local import free_port
-from mpc.session.public_model import accept_description
+from mpc.session.public_model import accept_description, check_model_size
 from mpc.spu import BACKENDS, SpuError
 
 
@@ -54,6 +54,7 @@ def query(args: argparse.Namespace) -> dict:
         args.expect_arch,
     )
     cfg = ModelConfig.from_dict(public.config)
+    check_model_size(cfg)  # before the JAX skeleton is built from it
     settings = SpuSettings.from_dict(public.settings)
     ids = validate_tokens(read_token_file(args.tokens), cfg, 1)
     print(
