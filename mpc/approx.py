@@ -80,8 +80,8 @@ class ApproxConfig(JsonConfig):
     softmax_logit_bound: float = 2.5
     # The tree and max-free softmaxes' reciprocal of the row sums: "newton" (CrypTen's: an
     # exp-based guess and reciprocal_iterations steps, 28 rounds) or "bracketed" (a comparison
-    # against the powers of two in the sums' known range, then 3 steps: 10 rounds with radix-4
-    # packed comparisons; mpc.forms.softmax.bracketed_reciprocal)
+    # against quarter-octave thresholds in the sums' known range, then 2 steps: 8 rounds with
+    # radix-4 packed comparisons; mpc.forms.softmax.bracketed_reciprocal)
     softmax_reciprocal: str = "newton"
     # "range_reduced": each row brought near variance 1 by a secret power of two first; accurate
     # for row variances 1e-6 .. 1e6 times the calibrated scale (public_scale: 0.1 .. 100), at
