@@ -102,6 +102,9 @@ class ApproxConfig(JsonConfig):
     # less per ReLU and per tree-max level (mpc.optimized.packed_compare.packed_relu); needs the
     # pair channel and a packed comparison
     fused_relu: bool = False
+    # the scaled FFN's gain 1 / alpha folded into its last linear by the server (plaintext, before
+    # sharing): one secret multiply per layer less (mpc.session.secure_model.fold_ffn_gains)
+    fold_gains: bool = False
 
     def __post_init__(self) -> None:
         for name in POSITIVE_INT_FIELDS:
@@ -125,7 +128,8 @@ class ApproxConfig(JsonConfig):
         self._check_choice("layernorm_form", LAYERNORM_FORMS)
         self._check_choice("comparison", COMPARISONS)
         self._check_choice("softmax_reciprocal", SOFTMAX_RECIPROCALS)
-        for name in ("weight_masks", "fast_matmul", "pair_channel", "offline_dealer", "fused_relu"):
+        knobs = ("weight_masks", "fast_matmul", "pair_channel", "offline_dealer", "fused_relu")
+        for name in (*knobs, "fold_gains"):
             if not isinstance(getattr(self, name), bool):
                 raise ApproxError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.fused_relu and not (self.pair_channel and self.comparison != "stock"):
@@ -174,6 +178,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "pair_channel": False,
         "offline_dealer": False,
         "fused_relu": False,
+        "fold_gains": False,
         "softmax_reciprocal": "newton",
         "gelu_form": "poly",
     },
@@ -185,6 +190,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "pair_channel": True,
         "offline_dealer": True,
         "fused_relu": True,
+        "fold_gains": True,
         "softmax_reciprocal": "bracketed",
         "gelu_form": "poly_relu",
     },

@@ -32,7 +32,9 @@ KNOBS = {
     "gelu_poly_parallel": {"gelu_form": "poly_parallel"},
     "fused_relu": {"fused_relu": True, "pair_channel": True, "comparison": "packed4"},
     "gelu_poly_relu": {"gelu_form": "poly_relu"},
+    "fold_gains": {"fold_gains": True},
 }
+KNOB_ARCH = {"fold_gains": "aero"}  # the scaled FFN's gains: a softmax-only model
 
 
 def ask(parties, tmp_path, ids: list[int], number: int) -> dict:
@@ -51,8 +53,10 @@ def check_logits(record: dict, checkpoint, ids: list[int], what: str) -> None:
         assert record["generated_ids"][0] == int(expected.argmax()), f"{what}: top-1"
 
 
-def check_costs(record: dict, server: dict, approx: ApproxConfig, length: int, what: str) -> None:
-    cfg = resolve_config("baseline", "tiny")
+def check_costs(
+    record: dict, server: dict, approx: ApproxConfig, length: int, what: str, arch="baseline"
+) -> None:
+    cfg = resolve_config(arch, "tiny")
     for party, steps in (("client", record["steps"]), ("server", server["steps"])):
         predicted = predict_costs(cfg, approx, length, "ttp", party)
         wrong = mismatches(steps[0]["ops"], predicted)
@@ -61,7 +65,8 @@ def check_costs(record: dict, server: dict, approx: ApproxConfig, length: int, w
 
 @pytest.mark.parametrize("knob", list(KNOBS))
 def test_each_optimization_alone(knob, tiny_checkpoints, tiny_data, tmp_path):
-    checkpoint, ids = tiny_checkpoints["baseline"], prompt_ids(tiny_data)
+    arch = KNOB_ARCH.get(knob, "baseline")
+    checkpoint, ids = tiny_checkpoints[arch], prompt_ids(tiny_data)
     approx = ApproxConfig(**KNOBS[knob])
     measure = tmp_path / "measure"
     flags = ("--measure-dir", str(measure), *server_flags(KNOBS[knob]))
@@ -72,7 +77,7 @@ def test_each_optimization_alone(knob, tiny_checkpoints, tiny_data, tmp_path):
     assert profile_name(approx) == ("custom" if profile_knob else "stock")
     assert record["approx"] == approx.to_dict(), "the record states the knobs that ran"
     check_logits(record, checkpoint, ids, knob)
-    check_costs(record, server, approx, len(ids), knob)
+    check_costs(record, server, approx, len(ids), knob, arch)
     if knob == "offline_dealer":  # the server's dealer requests all went before the query
         offline = server["steps"][0]["offline"]
         assert offline["requests"] > 0 and offline["rounds"] == 3 and offline["bytes"] > 0

@@ -64,7 +64,8 @@ def _feed_forward(p: CrypTenCosts, cfg: ModelConfig, T: int, charge) -> None:
             charge("relu", form("relu", "stock").cost(p, (1, T, hidden)))
         charge("ffn_linear", p.weight_matmul((1, T, hidden), (hidden, C)))
     if cfg.ffn_scaled:  # beta * h + (1 / alpha) * FFN(h): two (1, T, C) x (1,) multiplies
-        charge("scaling", 2 * p.mul((1, T, C), (1,)))
+        folded = p.approx.fold_gains  # 1 / alpha is in the FFN's last linear: one multiply
+        charge("scaling", (1 if folded else 2) * p.mul((1, T, C), (1,)))
 
 
 def predict_costs(

@@ -142,7 +142,8 @@ def build_encrypted_model(
 ) -> tuple[Any, dict[str, float]]:
     """The encrypted model and what its set-up cost (weight masks only)."""
     cfg, approx = spec.config, spec.approx
-    model = inference_model(cfg, state)  # client: random skeleton, only shapes are used
+    # client: a random skeleton, only shapes are used
+    model = inference_model(cfg, state, fold_gains=approx.fold_gains)
     apply_var_scales(model, spec.public.layernorm_var_scales)
     model.use_ops(CryptenOps(approx))
     setup: dict[str, float] = {}

@@ -19,15 +19,18 @@ from models.checkpoint import load_checkpoint
 from models.config import ModelConfig
 from models.data import encode_documents, load_documents, split_documents, tokenizer_from_json
 from models.errors import UserError
-from models.gpt import GPT, LayerNorm
+from models.gpt import GPT, LayerNorm, Linear, ScaledResidual
 from mpc.approx import ApproxConfig, check_context
 from mpc.roles import SERVER
 from mpc.session.public_model import PublicModel
 
 
-def inference_model(cfg: ModelConfig, state: dict[str, torch.Tensor] | None = None) -> GPT:
+def inference_model(
+    cfg: ModelConfig, state: dict[str, torch.Tensor] | None = None, fold_gains: bool = False
+) -> GPT:
     """The plaintext model as inference runs it: training-only parts dropped, weight and spectral
-    normalization folded into plain weights (free at inference: the server computes them once)."""
+    normalization folded into plain weights (free at inference: the server computes them once).
+    With `fold_gains`, each scaled FFN's gain 1 / alpha is folded into its last linear too."""
     model = GPT(cfg)
     if state is not None:
         model.load_state_dict(state)
@@ -36,7 +39,36 @@ def inference_model(cfg: ModelConfig, state: dict[str, torch.Tensor] | None = No
         if parametrize.is_parametrized(module):
             for name in list(module.parametrizations):
                 parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+    if fold_gains:
+        fold_ffn_gains(model)
     return model.eval()
+
+
+class FoldedScaledResidual(ScaledResidual):
+    """beta h + FFN'(h): a ScaledResidual whose gain 1 / alpha the server multiplied into the
+    FFN's last linear (weight and bias) in plaintext before sharing, so one secret multiply per
+    layer is gone. The same function; the gain is as secret as every other weight."""
+
+    def __init__(self, residual_gain: torch.nn.Parameter) -> None:
+        torch.nn.Module.__init__(self)
+        self.residual_gain = residual_gain
+
+    def forward(self, h, branch):
+        return h * self.residual_gain + branch(h)
+
+
+@torch.no_grad()
+def fold_ffn_gains(model: GPT) -> None:
+    for block in model.transformer.h:
+        residual = block.ffn_residual
+        if type(residual) is not ScaledResidual:
+            continue
+        mlp = block.mlp
+        last = mlp.c_proj if isinstance(mlp.c_proj, Linear) else mlp.c_fc
+        last.weight.mul_(residual.ffn_gain)
+        if last.bias is not None:
+            last.bias.mul_(residual.ffn_gain)
+        block.ffn_residual = FoldedScaledResidual(residual.residual_gain)
 
 
 def layer_norms(model: GPT) -> list[LayerNorm]:
