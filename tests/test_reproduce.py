@@ -150,13 +150,14 @@ def test_op_counts_match_the_paper_at_gpt2_small():
 
 
 def test_paper_shapes_model_equals_the_committed_measurements(tmp_path):
+    """Today's cost model, under the settings each committed GPT-2 run was measured with, gives
+    its measured bytes and rounds exactly (the profiles' knobs have grown since some runs)."""
     shapes = paper_shapes(False, tmp_path)
     measured = shapes[shapes.source.str.startswith("measured")]
     assert len(measured) >= 3
-    model = shapes[shapes.source == "cost model"].set_index(["shape", "arch", "protocol"])
     for row in measured.itertuples():
-        expected = model.loc[(row.shape, row.arch, row.protocol)]
-        assert row.comm_gb == expected.comm_gb and row.rounds == expected.rounds
+        assert row.comm_gb == pytest.approx(row.model_comm_gb, rel=1e-12), row
+        assert row.rounds == row.model_rounds, row
 
 
 def test_a_work_folder_of_another_recipe_is_refused(tiny_run):

@@ -10,6 +10,7 @@ communication-only WAN projection (bytes / bandwidth + rounds x RTT, no compute)
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -83,8 +84,11 @@ def modelled_row(arch: str, shape: str, protocol: str) -> dict:
     return row
 
 
-def measured_rows(frame: pd.DataFrame, source: str) -> list[dict]:
-    """Client totals and group bytes of a bench results frame at one of the paper's shapes."""
+def measured_rows(frame: pd.DataFrame, source: str, protocols: dict | None = None) -> list[dict]:
+    """Client totals and group bytes of a bench results frame at one of the paper's shapes, each
+    beside what today's cost model gives under the settings it was measured with (`protocols`:
+    the run's profile name -> ApproxConfig dict, from its config.json; a profile's knobs change
+    as the project adds optimizations, so a committed run keeps its own)."""
     rows = []
     table = summary_table(frame)
     clients = frame[(frame.party == "client") & (frame.category != TOTAL)]
@@ -114,6 +118,13 @@ def measured_rows(frame: pd.DataFrame, source: str) -> list[dict]:
             "projected_wan_min": entry.projected_wan_min,
             "max_cost_model_error": entry.max_prediction_error,
         }
+        recorded = (protocols or {}).get(entry.protocol)
+        approx = ApproxConfig.from_dict(recorded) if recorded else None
+        approx = approx or with_profile(ApproxConfig(), entry.protocol)
+        cfg = shape_config(entry.arch, shape)
+        predicted = predict_costs(cfg, approx, entry.seq_len, DEALER, "client")
+        row["model_comm_gb"] = sum(b for b, _ in predicted.values()) / 1e9
+        row["model_rounds"] = sum(r for _, r in predicted.values())
         for group, column in GROUP_COLUMNS.items():
             part = mine[mine.category.map(GROUP_OF) == group].bytes.sum()
             row[column] = part / repeats / 1e9
@@ -152,7 +163,8 @@ def paper_shapes(measure: bool, folder: Path) -> pd.DataFrame:
     ]
     for name in COMMITTED_MEASUREMENTS:
         if (REPO / name).exists():
-            rows += measured_rows(pd.read_csv(REPO / name), name)
+            config = json.loads((REPO / name).with_name("config.json").read_text())
+            rows += measured_rows(pd.read_csv(REPO / name), name, config.get("protocols"))
     if measure:
         for frame in measure_shapes(folder):
             rows += measured_rows(frame, "this run")
