@@ -181,6 +181,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "fold_gains": False,
         "softmax_reciprocal": "newton",
         "gelu_form": "poly",
+        "layernorm_form": "public_scale",
     },
     "optimized": {
         "weight_masks": True,
@@ -193,14 +194,19 @@ PROFILES: dict[str, dict[str, Any]] = {
         "fold_gains": True,
         "softmax_reciprocal": "bracketed",
         "gelu_form": "poly_relu",
+        "layernorm_form": "bracketed",
     },
 }
 
 
-# Approximation choices that change the computed function, not only its cost: every profile
-# keeps them (a max-free softmax, a tanh or erf GELU); the profile's own forms compute the same
-# function as the stock ones.
-KEPT_CHOICES = {"softmax_form": ("max_free",), "gelu_form": ("tanh", "erf")}
+# Approximation choices that change the computed function or its valid range, not only its
+# cost: every profile keeps them (a max-free softmax, a tanh or erf GELU, the range-reduced
+# LayerNorm); the profiles' own forms compute the same function on the same range.
+KEPT_CHOICES = {
+    "softmax_form": ("max_free",),
+    "gelu_form": ("tanh", "erf"),
+    "layernorm_form": ("range_reduced",),
+}
 
 
 def profile_knobs(approx: ApproxConfig, profile: str) -> dict[str, Any]:

@@ -33,6 +33,7 @@ KNOBS = {
     "fused_relu": {"fused_relu": True, "pair_channel": True, "comparison": "packed4"},
     "gelu_poly_relu": {"gelu_form": "poly_relu"},
     "fold_gains": {"fold_gains": True},
+    "bracketed_layernorm": {"layernorm_form": "bracketed"},
 }
 KNOB_ARCH = {"fold_gains": "aero"}  # the scaled FFN's gains: a softmax-only model
 

@@ -95,6 +95,14 @@ class CrypTenCosts:
         """Beaver matmul X (m x k) @ Y (k x n): open X - A and Y - B, 16 (mk + kn) B, 1 round."""
         return self.dealer_request(matmul_shape(x, y)) + self.open(x, y)
 
+    def products(self, *pairs: tuple[Shape, Shape]) -> Cost:
+        """Independent Beaver multiplies sharing one opening (`mpc.optimized.parallel`): each
+        product's dealer request, and one all_reduce of every masked operand: 1 round."""
+        total = self.open(*[shape for pair in pairs for shape in pair])
+        for x, y in pairs:
+            total += self.dealer_request(broadcast(x, y))
+        return total
+
     def weight_matmul(self, x: Shape, w: Shape) -> Cost:
         """X @ W for a server weight W. Stock: a Beaver `matmul`. With weight masks
         (`mpc.optimized.weight_masks`) only X - A is opened (16 |X| B, 1 round); the dealer's
