@@ -84,9 +84,11 @@ class ModelConfig(JsonConfig):
     ffn_weight_norm: str = "none"  # static normalization of the FFN linears
     pruned_ffn_layers: int = 0  # the k deepest layers have no FFN at all
     attn_temperature: bool = False  # learnable t in R^{H x T} dividing the attention logits
-    # Causal masking replaces future logits by this finite constant (never -inf): CrypTen's exp is
-    # the limit form, valid only on about (-256, 0], so the masked entries must stay in range.
-    mask_value: float = -64.0
+    # Causal masking is exact (the softmax zeroes future weights: models.ops). This finite fill
+    # only puts future logits below every row's largest kept logit, for the MPC softmax forms that
+    # take a row max; |fill| must stay inside the fixed-point ring (< 2^(62 - precision bits)).
+    # Checkpoints from before exact masking hold -64 (then rows must keep a logit above -64).
+    mask_value: float = -1e6
     entropy_reg: bool = False
     entropy_gamma: float = 0.2  # tolerance margin: tol = gamma * log T
     entropy_lambda: float = 1e-5  # weight of the entropy penalty in the training loss
