@@ -20,6 +20,8 @@ FFN_ACTIVATIONS = ("gelu", "relu", "identity")
 FFN_FORMS = ("standard", "fused")
 FFN_WEIGHT_NORMS = ("none", "weight", "spectral")
 ENTROPY_REDUCTIONS = ("sum", "mean")
+ENTROPY_THRESHOLDS = ("layer_head", "head")
+ENTROPY_ACCUMULATIONS = ("sum", "average")
 
 
 class ConfigError(UserError, ValueError):
@@ -94,6 +96,14 @@ class ModelConfig(JsonConfig):
     entropy_lambda: float = 1e-5  # weight of the entropy penalty in the training loss
     entropy_reduction: str = "sum"  # "sum" over batch and queries as the paper's code; or "mean"
     entropy_threshold_init: float = 0.5  # initial theta (fraction of log T); learned ends ~0.2-0.5
+    # "layer_head": theta in R^{L x H}, the paper's text; "head": one H-vector shared by every
+    # layer, as the released code's compute_loss (it indexes reg_threshold_weights[head] per layer).
+    entropy_thresholds: str = "layer_head"
+    # With the "sum" reduction: "sum" adds the penalty over the whole optimizer batch (every
+    # micro-batch and device: the same for any split); "average" divides it by K micro-batches x
+    # devices, as the released trainer (HF Trainer's loss / K, DDP's mean over devices). Same
+    # gradient when lambda_sum = lambda_average / (K x devices); with "mean" both are the mean.
+    entropy_accumulation: str = "sum"
 
     def __post_init__(self) -> None:
         self._check_choice("norm", NORMS)
@@ -101,6 +111,8 @@ class ModelConfig(JsonConfig):
         self._check_choice("ffn_form", FFN_FORMS)
         self._check_choice("ffn_weight_norm", FFN_WEIGHT_NORMS)
         self._check_choice("entropy_reduction", ENTROPY_REDUCTIONS)
+        self._check_choice("entropy_thresholds", ENTROPY_THRESHOLDS)
+        self._check_choice("entropy_accumulation", ENTROPY_ACCUMULATIONS)
         if self.n_embd % self.n_head:
             raise ConfigError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
         if not 0 <= self.pruned_ffn_layers <= self.n_layer:

@@ -112,10 +112,13 @@ def training_loss(model: GPT, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.T
 def micro_batch_loss(
     model: GPT, x: torch.Tensor, y: torch.Tensor, share: float
 ) -> tuple[torch.Tensor, float]:
-    """This micro-batch's part of the step loss, so that the parts add up to the whole batch's.
+    """This micro-batch's part of the step loss, so that the parts add up to the whole batch's
+    (`share`: its fraction of the step's sequences, over every micro-batch and device).
 
-    The cross-entropy is a mean: it is weighted by the micro-batch's share of the sequences. The
-    entropy penalty with the paper's "sum" reduction is a sum over sequences: it adds up as is.
+    The cross-entropy is a mean: it is weighted by the share. The entropy penalty with the
+    paper's "sum" reduction is a sum over sequences: it adds up as is, unless the config asks
+    for the released trainer's average over micro-batches and devices (then it is weighted too:
+    the share is 1 / (K x devices)).
     """
     reg = model.entropy_reg
     attention = [] if reg is not None else None
@@ -124,7 +127,7 @@ def micro_batch_loss(
     loss = ce * share
     if reg is not None:
         penalty = reg([a.float() for a in attention])
-        loss = loss + (penalty if reg.reduction == "sum" else penalty * share)
+        loss = loss + (penalty if reg.adds_up() else penalty * share)
     return loss, ce.item()
 
 

@@ -61,11 +61,15 @@ def test_forward_shapes_and_one_hot_equals_ids(arch):
 
 @pytest.mark.parametrize("arch", list(VARIANTS))
 @pytest.mark.parametrize("n_layer", [2, 4])
-def test_parameter_count_matches_architecture(arch, n_layer):
-    cfg = tiny(arch, n_layer=n_layer)
+@pytest.mark.parametrize("sharing", ["layer_head", "head"])
+def test_parameter_count_matches_architecture(arch, n_layer, sharing):
+    """Training-only thresholds: L x H (the paper's text) or H shared by every layer (the
+    released code)."""
+    cfg = tiny(arch, n_layer=n_layer, entropy_thresholds=sharing)
     model = GPT(cfg)
     assert model.num_params() == expected_param_count(cfg)
-    thresholds = cfg.n_layer * cfg.n_head if cfg.entropy_reg else 0
+    rows = cfg.n_layer if sharing == "layer_head" else 1
+    thresholds = rows * cfg.n_head if cfg.entropy_reg else 0
     assert model.num_params(include_training_only=True) == expected_param_count(cfg) + thresholds
 
 
