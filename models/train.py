@@ -94,25 +94,33 @@ def evaluate(model: GPT, data: PreparedData, settings: TrainSettings, length: in
 @torch.no_grad()
 def evaluate_with_entropy(
     model: GPT, data: PreparedData, settings: TrainSettings, length: int, group: Group = SINGLE
-) -> tuple[float, list[float]]:
-    """(validation CE, per-layer mean head entropy / log T) over the same fixed windows (each
-    process takes its slice of every window batch; the equal slices' means are averaged)."""
+) -> tuple[float, torch.Tensor]:
+    """(validation CE, (L, H) head entropy / log T) over the same fixed windows (each process
+    takes its slice of every window batch; the equal slices' means are averaged)."""
     model.eval()
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(settings.seed + 1)
-    loss, entropy = 0.0, torch.zeros(model.config.n_layer)
+    loss, entropy = 0.0, torch.zeros(model.config.n_layer, model.config.n_head)
     for _ in range(settings.eval_batches):
         x, y = data.batch("val", settings.batch_size, length, generator)
         x, y = group.rows(x).to(device), group.rows(y).to(device)
         attention: list[torch.Tensor] = []
         logits = model(x, attention)
         loss += torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten()).item()
-        entropy += head_entropies(attention).float().mean(dim=1).cpu()
+        entropy += head_entropies(attention).float().cpu()
     model.train()
-    total = group.sum([loss, *entropy.tolist()], device)
-    loss, entropy = total[0] / group.world_size, torch.tensor(total[1:]) / group.world_size
-    fraction = entropy / settings.eval_batches / math.log(length)
-    return loss / settings.eval_batches, [round(v, 4) for v in fraction.tolist()]
+    total = group.sum([loss, *entropy.flatten().tolist()], device)
+    loss = total[0] / group.world_size
+    entropy = torch.tensor(total[1:]).view_as(entropy) / group.world_size
+    return loss / settings.eval_batches, entropy / settings.eval_batches / math.log(length)
+
+
+def _rounded(values: torch.Tensor) -> list:
+    return (
+        [round(v, 4) for v in values.tolist()]
+        if values.dim() == 1
+        else [_rounded(row) for row in values]
+    )
 
 
 def training_loss(model: GPT, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, float]:
@@ -202,10 +210,12 @@ def train(
         rate = tokens_this_run / (time.perf_counter() - start)
         bar.set_postfix(loss=f"{ce:.3f}", tok_s=f"{rate:.0f}")
         if (step + 1) % settings.eval_interval == 0 or step + 1 == settings.steps:
-            meta["eval_loss"], entropy = evaluate_with_entropy(model, data, settings, length, group)
+            meta["eval_loss"], heads = evaluate_with_entropy(model, data, settings, length, group)
             meta["eval_ppl"] = math.exp(meta["eval_loss"])
+            entropy = _rounded(heads.mean(dim=1))
             point = {"step": step + 1, "tokens": meta["tokens_seen"], "train_loss": ce}
             point |= {"eval_loss": meta["eval_loss"], "entropy_fraction_by_layer": entropy}
+            point["entropy_fraction_by_head"] = _rounded(heads)  # (L, H), for the head bins
             meta["history"] = [*meta.get("history", []), point]
             if group.is_main:
                 bar.write(

@@ -13,7 +13,7 @@ import torch
 from models import train as trainer
 from models.checkpoint import CheckpointError, load_checkpoint
 from models.gpt import GPT
-from tests.conftest import TINY_FILES, TINY_VOCAB
+from tests.conftest import TINY_FILES, TINY_VOCAB, assert_close
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -121,6 +121,9 @@ def test_evaluations_record_the_attention_entropy_trajectory(tmp_path, data_dir,
     for point in history:
         fractions = point["entropy_fraction_by_layer"]
         assert len(fractions) == 2 and all(0 < f <= 1 for f in fractions)
+        heads = torch.tensor(point["entropy_fraction_by_head"])  # (L, H) for the head bins
+        assert heads.shape == (2, 2)
+        assert_close(heads.mean(1), fractions, 1e-4, "layer fraction = mean of its heads")
     assert history[-1]["eval_loss"] == load_checkpoint(out).meta["eval_loss"]
 
 
