@@ -115,6 +115,11 @@ def evaluate_with_entropy(
     return loss / settings.eval_batches, entropy / settings.eval_batches / math.log(length)
 
 
+def perplexity(loss: float) -> float:
+    """exp(loss); inf past float range (a blown-up model's eval loss can exceed 709 nats)."""
+    return math.exp(loss) if loss < 709.0 else math.inf
+
+
 def _rounded(values: torch.Tensor) -> list:
     return (
         [round(v, 4) for v in values.tolist()]
@@ -211,7 +216,7 @@ def train(
         bar.set_postfix(loss=f"{ce:.3f}", tok_s=f"{rate:.0f}")
         if (step + 1) % settings.eval_interval == 0 or step + 1 == settings.steps:
             meta["eval_loss"], heads = evaluate_with_entropy(model, data, settings, length, group)
-            meta["eval_ppl"] = math.exp(meta["eval_loss"])
+            meta["eval_ppl"] = perplexity(meta["eval_loss"])
             entropy = _rounded(heads.mean(dim=1))
             point = {"step": step + 1, "tokens": meta["tokens_seen"], "train_loss": ce}
             point |= {"eval_loss": meta["eval_loss"], "entropy_fraction_by_layer": entropy}
