@@ -1,0 +1,190 @@
+"""The stress budget's claims, each judged from every seed: entropy collapse and divergence of
+the softmax-only model, what prevents them, and what the regularizer and the temperature do to
+perplexity. One findings row per claim with the mean and spread over seeds and a verdict.
+
+Collapse is read from each run's last evaluation before it ended (a diverged run: its last one
+before the non-finite loss), the (layer, head) attention entropies recorded in the training
+history, as fractions of log T:
+  * collapsed head: mean entropy below `COLLAPSED` (about one key attended);
+  * collapsed run: at least `COLLAPSED_SHARE` of the deeper half's heads collapsed;
+  * failed run: diverged or collapsed.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+import pandas as pd
+import torch
+
+from bench.reproduction.paper import AERO, PAPER_EREG_PPL_CHANGE
+from models.entropy import head_distribution
+
+# The paper's collapsed deep layers sit at 0.03-0.2 nats: 0.006-0.04 of log 128.
+COLLAPSED = 0.05
+COLLAPSED_SHARE = 0.25
+SM, SCALED, FUSED, TEMPERATURE = "SM", "SM+ScFFN", "SM+ScFuFFN", "SM(t)+ScFuFFN"
+BASELINE = "SM+LN+G"
+FIXES = {  # the paper's remedies for collapse, each against the plain softmax-only model
+    "scaled_ffn": (SCALED, "the scaled FFN"),
+    "scaled_fused_ffn": (FUSED, "the scaled fused FFN"),
+    "weight_norm": ("SM+WNormFFN", "weight normalization of the FFN"),
+    "spectral_norm": ("SM+SNormFFN", "spectral normalization of the FFN"),
+}
+STRESS_VARIANTS = (SM, SCALED, FUSED, "SM+WNormFFN", "SM+SNormFFN", TEMPERATURE, AERO, BASELINE)
+
+
+def collapse_measures(heads: list[list[float]]) -> dict[str, float]:
+    """Collapse measures of one evaluation's (L, H) head entropies (fractions of log T)."""
+    table = torch.tensor(heads)
+    deep = table[table.size(0) // 2 :]
+    bins = head_distribution(table) if float(table.max()) > 0 else torch.tensor([1.0, 0, 0, 0])
+    return {
+        "lowest_bin_heads": float(bins[0]),  # the paper's [0, m/4), m the largest head entropy
+        "collapsed_heads": float((table < COLLAPSED).float().mean()),
+        "collapsed_heads_deep_half": float((deep < COLLAPSED).float().mean()),
+        "min_layer_entropy": float(table.mean(dim=1).min()),
+        **{f"bin_{i}": float(b) for i, b in enumerate(bins)},
+    }
+
+
+def run_outcome(arch: str, seed: int, meta: dict) -> dict:
+    """One (variant, seed) row: status, PPL and the collapse measures of its last evaluation."""
+    history = meta.get("history", [])
+    last = history[-1] if history else {}
+    diverged = meta["status"] == "diverged"
+    row = {"arch": arch, "seed": seed, "status": meta["status"], "diverged": diverged}
+    row |= {"diverged_at_step": meta.get("diverged_at_step", math.nan)}
+    row |= {"last_eval_step": last.get("step", math.nan)}
+    row |= {"eval_ppl": math.nan if diverged else meta.get("eval_ppl", math.nan)}
+    if "entropy_fraction_by_head" in last:
+        row |= collapse_measures(last["entropy_fraction_by_head"])
+        collapsed = row["collapsed_heads_deep_half"] >= COLLAPSED_SHARE
+        row |= {"collapsed": collapsed, "failed": diverged or collapsed}
+    else:
+        row |= {"collapsed": False, "failed": diverged}
+    return row
+
+
+def _spread(values: list[float]) -> str:
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return "n/a"
+    spread = statistics.stdev(finite) if len(finite) > 1 else 0.0
+    return f"{statistics.mean(finite):.3g} ± {spread:.2g}"
+
+
+def _finding(key, claim, ours, verdict, mean, spread, seeds, source) -> dict:
+    return dict(
+        key=key, claim=claim, ours=ours, verdict=verdict, mean_value=mean,
+        spread_value=spread, n_seeds=seeds, source=source,
+    )  # fmt: skip
+
+
+def _of(outcomes: pd.DataFrame, arch: str) -> pd.DataFrame:
+    return outcomes[outcomes.arch == arch].sort_values("seed")
+
+
+def _failures(part: pd.DataFrame) -> str:
+    return (
+        f"{int(part.failed.sum())} of {len(part)} seeds failed ({int(part.diverged.sum())} "
+        f"diverged); deep-half collapsed heads {_spread(list(part.collapsed_heads_deep_half))}, "
+        f"lowest layer entropy {_spread(list(part.min_layer_entropy))} log T"
+    )
+
+
+def collapse_findings(outcomes: pd.DataFrame) -> list[dict]:
+    """Does the regime show collapse (SM fails, the baseline trains), and does each fix stop it?"""
+    rows = []
+    sm, base = _of(outcomes, SM), _of(outcomes, BASELINE)
+    if len(sm):
+        shown = sm.failed.mean() >= 2 / 3 and (not len(base) or not base.failed.any())
+        verdict = "collapse shown" if shown else "no reliable collapse in this regime"
+        rows.append(
+            _finding("sm_collapses", "softmax-only SM collapses or diverges; the baseline trains",
+                     f"SM: {_failures(sm)}" + (f"; {BASELINE}: {_failures(base)}" if len(base)
+                                                else ""),
+                     verdict, float(sm.failed.mean()), float(sm.collapsed_heads_deep_half.std()),
+                     len(sm), "collapse.csv")
+        )  # fmt: skip
+    for key, (arch, what) in FIXES.items():
+        fix = _of(outcomes, arch)
+        if not len(fix) or not len(sm):
+            continue
+        if not sm.failed.any():
+            verdict = "untestable: SM does not fail here"
+        elif not fix.failed.any():
+            verdict = f"prevents ({int(sm.failed.sum())} of {len(sm)} SM seeds failed, none here)"
+        elif fix.failed.mean() < sm.failed.mean():
+            verdict = "reduces, does not prevent"
+        else:
+            verdict = "does not prevent"
+        rows.append(
+            _finding(f"{key}_prevents_collapse", f"{what} prevents entropy collapse/divergence",
+                     f"{arch}: {_failures(fix)}; SM: {_failures(sm)}", verdict,
+                     float(fix.failed.mean()), float(fix.collapsed_heads_deep_half.std()),
+                     len(fix), "collapse.csv")
+        )  # fmt: skip
+    return rows
+
+
+def paired_change(outcomes: pd.DataFrame, arch: str, reference: str) -> list[float]:
+    """Per seed, PPL of `arch` / PPL of `reference` - 1 (seeds where both are finite)."""
+    mine = _of(outcomes, arch).set_index("seed").eval_ppl
+    theirs = _of(outcomes, reference).set_index("seed").eval_ppl
+    seeds = [s for s in mine.index if s in theirs.index]
+    changes = [mine[s] / theirs[s] - 1 for s in seeds]
+    return [c for c in changes if math.isfinite(c)]
+
+
+def noise_verdict(changes: list[float]) -> str:
+    """'better'/'worse' when every seed agrees and the mean change exceeds twice its standard
+    error (the seed-to-seed noise of the paired change); 'within noise' otherwise."""
+    if len(changes) < 2:
+        return "too few finite seeds"
+    mean, spread = statistics.mean(changes), statistics.stdev(changes)
+    agree = all(c < 0 for c in changes) or all(c > 0 for c in changes)
+    if agree and abs(mean) > 2 * spread / math.sqrt(len(changes)):
+        return f"{'better' if mean < 0 else 'worse'} beyond seed noise"
+    return "within seed noise"
+
+
+def ppl_findings(outcomes: pd.DataFrame) -> list[dict]:
+    rows = []
+    for key, arch, reference, claim, paper in (
+        ("ereg_improves_ppl", AERO, TEMPERATURE, "entropy regularization improves PPL",
+         f" (paper: {PAPER_EREG_PPL_CHANGE:+.0%})"),
+        ("temperature_matters", TEMPERATURE, FUSED, "the learnable temperature changes PPL", ""),
+    ):  # fmt: skip
+        changes = paired_change(outcomes, arch, reference)
+        if not changes:
+            continue
+        both = f"{arch} {_spread(list(_of(outcomes, arch).eval_ppl))}, {reference} "
+        both += f"{_spread(list(_of(outcomes, reference).eval_ppl))}"
+        text = f"PPL change {_spread([100 * c for c in changes])} % per seed{paper}; {both}"
+        spread = statistics.stdev(changes) if len(changes) > 1 else math.nan
+        rows.append(
+            _finding(key, claim, text, noise_verdict(changes), statistics.mean(changes), spread,
+                     len(changes), "collapse.csv eval_ppl (paired by seed)")
+        )  # fmt: skip
+    return rows
+
+
+def stress_findings(outcomes: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame(collapse_findings(outcomes) + ppl_findings(outcomes))
+
+
+def findings_markdown(findings: pd.DataFrame, outcomes: pd.DataFrame) -> str:
+    lines = ["# Stress budget: findings over seeds (mean ± standard deviation)", ""]
+    lines += ["| key | claim | ours | verdict | seeds |", "|---|---|---|---|---:|"]
+    for row in findings.itertuples():
+        lines.append(f"| {row.key} | {row.claim} | {row.ours} | {row.verdict} | {row.n_seeds} |")
+    lines += ["", "## Per variant", "", "| arch | failed | diverged | PPL | deep collapsed heads |"]
+    lines += ["|---|---:|---:|---|---|"]
+    for arch, part in outcomes.groupby("arch", sort=False):
+        lines.append(
+            f"| {arch} | {int(part.failed.sum())}/{len(part)} | {int(part.diverged.sum())} | "
+            f"{_spread(list(part.eval_ppl))} | {_spread(list(part.collapsed_heads_deep_half))} |"
+        )
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,99 @@
+"""The stress budget's judgments on synthetic outcomes: collapse measures, the prevention and
+PPL verdicts over seeds, and the budget itself."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from bench.reproduction.budgets import BUDGETS
+from bench.reproduction.paper import AERO
+from bench.reproduction.stress import (
+    COLLAPSED,
+    STRESS_VARIANTS,
+    collapse_measures,
+    noise_verdict,
+    run_outcome,
+    stress_findings,
+)
+from models.config import canonical_arch
+
+
+def test_collapse_measures_of_known_heads():
+    heads = [[0.8, 0.8], [0.7, 0.6], [0.01, 0.5], [0.0, 0.02]]  # (L=4, H=2), m = 0.8
+    measures = collapse_measures(heads)
+    assert measures["collapsed_heads"] == 3 / 8  # 0.01, 0.0, 0.02 < COLLAPSED
+    assert measures["collapsed_heads_deep_half"] == 3 / 4
+    assert measures["lowest_bin_heads"] == 3 / 8  # below m / 4 = 0.2
+    assert measures["min_layer_entropy"] == pytest.approx(0.01)
+    assert sum(measures[f"bin_{i}"] for i in range(4)) == pytest.approx(1.0)
+    assert COLLAPSED == 0.05
+
+
+def _history(heads) -> dict:
+    return {"step": 100, "eval_loss": 5.0, "entropy_fraction_by_head": heads}
+
+
+def test_run_outcome_reads_divergence_and_collapse():
+    collapsed = [[0.8, 0.8], [0.0, 0.01]]
+    healthy = [[0.8, 0.7], [0.5, 0.4]]
+    diverged = run_outcome("SM", 1, {"status": "diverged", "diverged_at_step": 120,
+                                     "history": [_history(healthy)]})  # fmt: skip
+    assert diverged["failed"] and diverged["diverged"] and math.isnan(diverged["eval_ppl"])
+    meta = {"status": "finished", "eval_ppl": 150.0, "history": [_history(collapsed)]}
+    assert run_outcome("SM", 1, meta)["collapsed"] and run_outcome("SM", 1, meta)["failed"]
+    meta["history"] = [_history(healthy)]
+    fine = run_outcome("SM+ScFFN", 1, meta)
+    assert not fine["failed"] and fine["eval_ppl"] == 150.0
+
+
+def test_noise_verdict_needs_agreeing_seeds_beyond_twice_the_standard_error():
+    assert noise_verdict([-0.05, -0.06, -0.055]) == "better beyond seed noise"
+    assert noise_verdict([0.05, 0.06, 0.04]) == "worse beyond seed noise"
+    assert noise_verdict([-0.05, 0.01, -0.06]) == "within seed noise"  # seeds disagree
+    assert noise_verdict([-0.001, -0.2, -0.003]) == "within seed noise"  # mean < 2 std errors
+    assert noise_verdict([-0.05]) == "too few finite seeds"
+
+
+def _outcomes(failing: dict[str, int], ppl: dict[str, list[float]]) -> pd.DataFrame:
+    rows = []
+    for arch in STRESS_VARIANTS:
+        for seed in range(3):
+            fails = seed < failing.get(arch, 0)
+            rows.append({
+                "arch": arch, "seed": seed, "diverged": fails, "failed": fails,
+                "eval_ppl": math.nan if fails else ppl.get(arch, [100.0] * 3)[seed],
+                "collapsed_heads_deep_half": 0.5 if fails else 0.0, "min_layer_entropy": 0.3,
+            })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_findings_give_a_verdict_per_claim_from_every_seed():
+    outcomes = _outcomes(
+        {"SM": 3, "SM+WNormFFN": 1, "SM+SNormFFN": 3},
+        {AERO: [90.0, 91.0, 92.0], "SM(t)+ScFuFFN": [100.0, 99.0, 101.0]},
+    )
+    findings = stress_findings(outcomes).set_index("key")
+    assert findings.loc["sm_collapses", "verdict"] == "collapse shown"
+    assert findings.loc["scaled_ffn_prevents_collapse", "verdict"].startswith("prevents")
+    assert findings.loc["weight_norm_prevents_collapse", "verdict"] == "reduces, does not prevent"
+    assert findings.loc["spectral_norm_prevents_collapse", "verdict"] == "does not prevent"
+    assert findings.loc["ereg_improves_ppl", "verdict"] == "better beyond seed noise"
+    assert findings.loc["ereg_improves_ppl", "mean_value"] == pytest.approx(-0.0902, abs=1e-3)
+    assert findings.loc["temperature_matters", "verdict"] == "within seed noise"
+    assert (findings.n_seeds == 3).all()
+
+
+def test_findings_call_prevention_untestable_without_collapse():
+    findings = stress_findings(_outcomes({}, {})).set_index("key")
+    assert findings.loc["sm_collapses", "verdict"] == "no reliable collapse in this regime"
+    assert findings.loc["scaled_ffn_prevents_collapse", "verdict"].startswith("untestable")
+
+
+def test_stress_budget_trains_every_claimed_variant_at_three_seeds():
+    budget = BUDGETS["stress"]
+    assert {canonical_arch(a) for a in budget.variants} == set(STRESS_VARIANTS)
+    assert len(budget.seeds) >= 3
+    assert {"mpc", "accuracy", "shapes"} <= set(budget.skip_stages)
