@@ -93,3 +93,17 @@ def test_uneven_split_is_one_clear_error(data_dir, tiny_data, tmp_path):
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     assert "must divide evenly into 2 process(es) x --grad-accum 3" in result.stderr
+
+
+def test_reproduction_trains_through_torchrun(tmp_path, data_dir, tiny_data):
+    """`bench/reproduce.py --nproc-per-node 2` (what the paper budget does on several GPUs)
+    prints the torchrun command and records a variant trained by two processes."""
+    work = tmp_path / "work"
+    command = [sys.executable, "bench/reproduce.py", "--budget", "tiny", "--variants", "sm"]
+    command += ["--nproc-per-node", "2", "--steps", "2", "--stages", "train"]
+    command += ["--work", str(work), "--out", str(tmp_path / "out"), "--data-dir", data_dir]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "torch.distributed.run --standalone --nproc_per_node 2 -m models.train" in result.stdout
+    meta = load_checkpoint(work / "checkpoints" / "sm.pt").meta
+    assert meta["processes"] == 2 and meta["status"] == "finished" and meta["step"] == 2
