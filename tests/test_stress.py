@@ -32,21 +32,31 @@ def test_collapse_measures_of_known_heads():
     assert COLLAPSED == 0.05
 
 
-def _history(heads) -> dict:
-    return {"step": 100, "eval_loss": 5.0, "entropy_fraction_by_head": heads}
+def _point(heads, loss: float = 5.0, step: int = 100) -> dict:
+    return {"step": step, "eval_loss": loss, "entropy_fraction_by_head": heads}
 
 
-def test_run_outcome_reads_divergence_and_collapse():
-    collapsed = [[0.8, 0.8], [0.0, 0.01]]
-    healthy = [[0.8, 0.7], [0.5, 0.4]]
+COLLAPSED_HEADS = [[0.8, 0.8], [0.0, 0.01]]
+HEALTHY_HEADS = [[0.8, 0.7], [0.5, 0.4]]
+
+
+def test_run_outcome_judges_the_whole_history():
+    vocab = 512  # log V = 6.24: a loss above it is worse than guessing uniformly
     diverged = run_outcome("SM", 1, {"status": "diverged", "diverged_at_step": 120,
-                                     "history": [_history(healthy)]})  # fmt: skip
+                                     "history": [_point(HEALTHY_HEADS)]}, vocab)  # fmt: skip
     assert diverged["failed"] and diverged["diverged"] and math.isnan(diverged["eval_ppl"])
-    meta = {"status": "finished", "eval_ppl": 150.0, "history": [_history(collapsed)]}
-    assert run_outcome("SM", 1, meta)["collapsed"] and run_outcome("SM", 1, meta)["failed"]
-    meta["history"] = [_history(healthy)]
-    fine = run_outcome("SM+ScFFN", 1, meta)
+    meta = {"status": "finished", "eval_ppl": 150.0, "history": [_point(HEALTHY_HEADS)]}
+    fine = run_outcome("SM+ScFFN", 1, meta, vocab)
     assert not fine["failed"] and fine["eval_ppl"] == 150.0
+    # collapsed at step 100, recovered by step 200: still a collapsed run
+    meta["history"] = [_point(COLLAPSED_HEADS), _point(HEALTHY_HEADS, step=200)]
+    recovered = run_outcome("SM", 1, meta, vocab)
+    assert recovered["collapsed"] and recovered["failed"] and not recovered["blew_up"]
+    assert recovered["collapsed_heads_deep_half"] == 0.0  # the last evaluation is healthy
+    assert recovered["peak_collapsed_heads_deep_half"] == 1.0
+    meta["history"] = [_point(HEALTHY_HEADS, loss=900.0), _point(HEALTHY_HEADS, step=200)]
+    blown = run_outcome("SM", 1, meta, vocab)
+    assert blown["blew_up"] and blown["failed"] and blown["peak_eval_loss"] == 900.0
 
 
 def test_noise_verdict_needs_agreeing_seeds_beyond_twice_the_standard_error():
@@ -63,9 +73,11 @@ def _outcomes(failing: dict[str, int], ppl: dict[str, list[float]]) -> pd.DataFr
         for seed in range(3):
             fails = seed < failing.get(arch, 0)
             rows.append({
-                "arch": arch, "seed": seed, "diverged": fails, "failed": fails,
+                "arch": arch, "seed": seed, "diverged": fails, "blew_up": False,
+                "collapsed": fails, "failed": fails,
                 "eval_ppl": math.nan if fails else ppl.get(arch, [100.0] * 3)[seed],
-                "collapsed_heads_deep_half": 0.5 if fails else 0.0, "min_layer_entropy": 0.3,
+                "peak_collapsed_heads_deep_half": 0.5 if fails else 0.0,
+                "min_layer_entropy": 0.3, "lowest_bin_heads": 0.1,
             })  # fmt: skip
     return pd.DataFrame(rows)
 

@@ -5,11 +5,10 @@
 
 Every combination of the listed settings is one short training run (`models.train`, one
 thread); each appends one row to the CSV (a row already there is skipped): the settings, the
-outcome (finished, or diverged and at which step), the final eval loss and PPL, every layer's
-final mean attention entropy as a fraction of log T, and two collapse measures of the last
-evaluation's heads (`bench.reproduction.stress.collapse_measures`): the fraction in the paper's
-lowest bin [0, m/4) (m: that model's largest head entropy) and the fractions collapsed (below
-0.05 log T). A diverged run reports its last evaluation before the non-finite loss.
+outcome judged as the stress budget judges it (`bench.reproduction.stress.run_outcome`:
+diverged, blown up, collapsed at some evaluation, the last evaluation's head bins and collapsed
+fractions), the last evaluation's loss, PPL and per-layer mean attention entropy (a fraction
+of log T). A diverged run reports its last evaluation before the non-finite loss.
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.reproduction.stress import collapse_measures
+from bench.reproduction.stress import run_outcome
 from bench.reproduction.workspace import slug
 from models.atomic import atomic_write_text
 from models.checkpoint import load_checkpoint
@@ -34,23 +33,18 @@ SETTINGS = ("arch", "n_layer", "n_embd", "n_head", "seq_len", "lr", "warmup_frac
             "batch_size", "seed")  # fmt: skip
 
 
-def outcome(meta: dict) -> dict:
-    """The row's outcome columns from a checkpoint's metadata."""
+def outcome(setting: dict, checkpoint) -> dict:
+    """The row's outcome columns: `stress.run_outcome` (final and worst-ever collapse, blow-up,
+    divergence) plus tokens, the last evaluation's loss and per-layer entropies, seconds."""
+    meta = checkpoint.meta
     history = meta.get("history", [])
     last = history[-1] if history else {}
-    row = {
-        "status": meta["status"],
-        "diverged_at_step": meta.get("diverged_at_step", math.nan),
-        "tokens_seen": meta["tokens_seen"],
-        "last_eval_step": last.get("step", math.nan),
-        "eval_loss": last.get("eval_loss", math.nan),
-        "eval_ppl": perplexity(last["eval_loss"]) if last else math.nan,
-        "entropy_by_layer": ";".join(f"{v:.3f}" for v in last.get("entropy_fraction_by_layer", [])),
-        "train_seconds": round(meta.get("train_seconds", math.nan), 1),
-    }
-    if "entropy_fraction_by_head" in last:
-        row |= collapse_measures(last["entropy_fraction_by_head"])
-    return row
+    row = run_outcome(setting["arch"], setting["seed"], meta, checkpoint.config.vocab_size)
+    row |= {"tokens_seen": meta["tokens_seen"], "last_eval_loss": last.get("eval_loss", math.nan)}
+    row["last_eval_ppl"] = perplexity(last["eval_loss"]) if last else math.nan
+    layers = last.get("entropy_fraction_by_layer", [])
+    row["entropy_by_layer"] = ";".join(f"{v:.3f}" for v in layers)
+    return row | {"train_seconds": round(meta.get("train_seconds", math.nan), 1)}
 
 
 def probe(setting: dict, work: Path, data_dir: str) -> dict:
@@ -67,8 +61,10 @@ def probe(setting: dict, work: Path, data_dir: str) -> dict:
     argv += ["--batch-size", str(setting["batch_size"]), "--seed", str(setting["seed"])]
     argv += ["--eval-interval", str(max(1, setting["steps"] // 10)), "--eval-batches", "4"]
     argv += ["--data-dir", data_dir, "--out", str(out)]
-    train_main(argv)
-    return {**setting, **outcome(load_checkpoint(out).meta)}
+    ended = out.exists() and load_checkpoint(out).meta["status"] in ("finished", "diverged")
+    if not ended:  # an ended run is only scored again (a diverged one must not train on)
+        train_main(argv)
+    return {**outcome(setting, load_checkpoint(out)), **setting}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

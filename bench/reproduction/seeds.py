@@ -25,8 +25,9 @@ def seed_frames(runs: list[Run]) -> dict[str, pd.DataFrame]:
         for arch in run.variants:
             if not run.record("train", arch).exists():
                 continue
-            meta = load_checkpoint(run.checkpoint(arch)).meta
-            outcomes.append(run_outcome(arch, run.seed, meta))
+            checkpoint = load_checkpoint(run.checkpoint(arch))
+            meta = checkpoint.meta
+            outcomes.append(run_outcome(arch, run.seed, meta, checkpoint.config.vocab_size))
             heads += _final_heads(arch, run.seed, meta)
     frames = {name: pd.concat(frames, ignore_index=True) for name, frames in parts.items()}
     frames["collapse"] = pd.DataFrame(outcomes)

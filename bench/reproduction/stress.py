@@ -2,12 +2,14 @@
 the softmax-only model, what prevents them, and what the regularizer and the temperature do to
 perplexity. One findings row per claim with the mean and spread over seeds and a verdict.
 
-Collapse is read from each run's last evaluation before it ended (a diverged run: its last one
-before the non-finite loss), the (layer, head) attention entropies recorded in the training
-history, as fractions of log T:
+Each run is judged over its whole training history (every evaluation records the (layer, head)
+attention entropies as fractions of log T, and the eval loss): a collapse that the model later
+climbs out of is still a collapse.
   * collapsed head: mean entropy below `COLLAPSED` (about one key attended);
-  * collapsed run: at least `COLLAPSED_SHARE` of the deeper half's heads collapsed;
-  * failed run: diverged or collapsed.
+  * collapsed run: at some evaluation at least `COLLAPSED_SHARE` of the deeper half's heads
+    collapsed;
+  * blown-up run: at some evaluation the loss exceeded log V, worse than guessing uniformly;
+  * failed run: diverged (a non-finite loss ended it), blown up or collapsed.
 """
 
 from __future__ import annotations
@@ -49,22 +51,25 @@ def collapse_measures(heads: list[list[float]]) -> dict[str, float]:
     }
 
 
-def run_outcome(arch: str, seed: int, meta: dict) -> dict:
-    """One (variant, seed) row: status, PPL and the collapse measures of its last evaluation."""
-    history = meta.get("history", [])
-    last = history[-1] if history else {}
+def run_outcome(arch: str, seed: int, meta: dict, vocab_size: int) -> dict:
+    """One (variant, seed) row: status, final PPL, the collapse measures of the last evaluation
+    (a diverged run: its last before the non-finite loss) and the worst over all of them."""
+    history = [p for p in meta.get("history", []) if "entropy_fraction_by_head" in p]
     diverged = meta["status"] == "diverged"
     row = {"arch": arch, "seed": seed, "status": meta["status"], "diverged": diverged}
     row |= {"diverged_at_step": meta.get("diverged_at_step", math.nan)}
-    row |= {"last_eval_step": last.get("step", math.nan)}
     row |= {"eval_ppl": math.nan if diverged else meta.get("eval_ppl", math.nan)}
-    if "entropy_fraction_by_head" in last:
-        row |= collapse_measures(last["entropy_fraction_by_head"])
-        collapsed = row["collapsed_heads_deep_half"] >= COLLAPSED_SHARE
-        row |= {"collapsed": collapsed, "failed": diverged or collapsed}
-    else:
-        row |= {"collapsed": False, "failed": diverged}
-    return row
+    if not history:
+        return row | {"blew_up": False, "collapsed": False, "failed": diverged}
+    row |= {"last_eval_step": history[-1]["step"]}
+    row |= collapse_measures(history[-1]["entropy_fraction_by_head"])
+    peak = max(collapse_measures(p["entropy_fraction_by_head"])["collapsed_heads_deep_half"]
+               for p in history)  # fmt: skip
+    losses = [p["eval_loss"] for p in history]
+    worst = max(losses) if all(math.isfinite(v) for v in losses) else math.inf
+    row |= {"peak_collapsed_heads_deep_half": peak, "peak_eval_loss": worst}
+    row |= {"blew_up": worst > math.log(vocab_size), "collapsed": peak >= COLLAPSED_SHARE}
+    return row | {"failed": diverged or row["blew_up"] or row["collapsed"]}
 
 
 def _spread(values: list[float]) -> str:
@@ -89,8 +94,9 @@ def _of(outcomes: pd.DataFrame, arch: str) -> pd.DataFrame:
 def _failures(part: pd.DataFrame) -> str:
     return (
         f"{int(part.failed.sum())} of {len(part)} seeds failed ({int(part.diverged.sum())} "
-        f"diverged); deep-half collapsed heads {_spread(list(part.collapsed_heads_deep_half))}, "
-        f"lowest layer entropy {_spread(list(part.min_layer_entropy))} log T"
+        f"diverged, {int(part.blew_up.sum())} blew up, {int(part.collapsed.sum())} collapsed); "
+        f"peak deep-half collapsed heads {_spread(list(part.peak_collapsed_heads_deep_half))}, "
+        f"final lowest layer entropy {_spread(list(part.min_layer_entropy))} log T"
     )
 
 
@@ -105,8 +111,8 @@ def collapse_findings(outcomes: pd.DataFrame) -> list[dict]:
             _finding("sm_collapses", "softmax-only SM collapses or diverges; the baseline trains",
                      f"SM: {_failures(sm)}" + (f"; {BASELINE}: {_failures(base)}" if len(base)
                                                 else ""),
-                     verdict, float(sm.failed.mean()), float(sm.collapsed_heads_deep_half.std()),
-                     len(sm), "collapse.csv")
+                     verdict, float(sm.failed.mean()),
+                     float(sm.peak_collapsed_heads_deep_half.std()), len(sm), "collapse.csv")
         )  # fmt: skip
     for key, (arch, what) in FIXES.items():
         fix = _of(outcomes, arch)
@@ -123,7 +129,7 @@ def collapse_findings(outcomes: pd.DataFrame) -> list[dict]:
         rows.append(
             _finding(f"{key}_prevents_collapse", f"{what} prevents entropy collapse/divergence",
                      f"{arch}: {_failures(fix)}; SM: {_failures(sm)}", verdict,
-                     float(fix.failed.mean()), float(fix.collapsed_heads_deep_half.std()),
+                     float(fix.failed.mean()), float(fix.peak_collapsed_heads_deep_half.std()),
                      len(fix), "collapse.csv")
         )  # fmt: skip
     return rows
@@ -180,11 +186,18 @@ def findings_markdown(findings: pd.DataFrame, outcomes: pd.DataFrame) -> str:
     lines += ["| key | claim | ours | verdict | seeds |", "|---|---|---|---|---:|"]
     for row in findings.itertuples():
         lines.append(f"| {row.key} | {row.claim} | {row.ours} | {row.verdict} | {row.n_seeds} |")
-    lines += ["", "## Per variant", "", "| arch | failed | diverged | PPL | deep collapsed heads |"]
-    lines += ["|---|---:|---:|---|---|"]
+    lines += ["", "## Per variant", ""]
+    lines += [
+        "| arch | failed | diverged | blew up | collapsed | final PPL | peak deep-half "
+        "collapsed heads | final lowest-bin heads |",
+        "|---|---:|---:|---:|---:|---|---|---|",
+    ]
     for arch, part in outcomes.groupby("arch", sort=False):
+        counts = " | ".join(str(int(part[c].sum())) for c in ("diverged", "blew_up", "collapsed"))
         lines.append(
-            f"| {arch} | {int(part.failed.sum())}/{len(part)} | {int(part.diverged.sum())} | "
-            f"{_spread(list(part.eval_ppl))} | {_spread(list(part.collapsed_heads_deep_half))} |"
-        )
+            f"| {arch} | {int(part.failed.sum())}/{len(part)} | {counts} | "
+            f"{_spread(list(part.eval_ppl))} | "
+            f"{_spread(list(part.peak_collapsed_heads_deep_half))} | "
+            f"{_spread(list(part.lowest_bin_heads))} |"
+        )  # fmt: skip
     return "\n".join(lines) + "\n"
