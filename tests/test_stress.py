@@ -4,6 +4,9 @@ PPL verdicts over seeds, and the budget itself."""
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -19,6 +22,8 @@ from bench.reproduction.stress import (
     stress_findings,
 )
 from models.config import canonical_arch
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_collapse_measures_of_known_heads():
@@ -109,3 +114,29 @@ def test_stress_budget_trains_every_claimed_variant_at_three_seeds():
     assert {canonical_arch(a) for a in budget.variants} == set(STRESS_VARIANTS)
     assert len(budget.seeds) >= 3
     assert {"mpc", "accuracy", "shapes"} <= set(budget.skip_stages)
+
+
+def test_several_seed_run_writes_findings_over_seeds(tmp_path, data_dir, tiny_data):
+    """The driver's several-seed path (what `--budget stress` runs) on the tiny budget: every
+    variant at each seed in its own work folder, then per-seed rows, findings and figures."""
+    out, work = tmp_path / "out", tmp_path / "work"
+    command = [sys.executable, "bench/reproduce.py", "--budget", "tiny", "--seeds", "1", "2"]
+    command += ["--variants", "sm", "sm+scffn", "--steps", "4", "--stages", "train", "table"]
+    command += ["--out", str(out), "--work", str(work), "--data-dir", data_dir]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in work.glob("seed-*")) == ["seed-1", "seed-2"]
+    training = pd.read_csv(out / "training.csv")
+    assert sorted(zip(training.arch, training.seed, strict=True)) == [
+        ("SM", 1),
+        ("SM", 2),
+        ("SM+ScFFN", 1),
+        ("SM+ScFFN", 2),
+    ]
+    collapse = pd.read_csv(out / "collapse.csv")
+    assert len(collapse) == 4 and collapse.eval_ppl.gt(0).all()
+    findings = pd.read_csv(out / "findings.csv").set_index("key")
+    assert findings.loc["scaled_ffn_prevents_collapse", "n_seeds"] == 2
+    assert (out / "findings.md").read_text().count("| SM") >= 2
+    for png in ("entropy_trajectory.png", "head_distribution.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
