@@ -57,11 +57,15 @@ def test_run_outcome_judges_the_whole_history():
     meta["history"] = [_point(COLLAPSED_HEADS), _point(HEALTHY_HEADS, step=200)]
     recovered = run_outcome("SM", 1, meta, vocab)
     assert recovered["collapsed"] and recovered["failed"] and not recovered["blew_up"]
+    assert not recovered["failed_at_end"]
     assert recovered["collapsed_heads_deep_half"] == 0.0  # the last evaluation is healthy
     assert recovered["peak_collapsed_heads_deep_half"] == 1.0
     meta["history"] = [_point(HEALTHY_HEADS, loss=900.0), _point(HEALTHY_HEADS, step=200)]
     blown = run_outcome("SM", 1, meta, vocab)
     assert blown["blew_up"] and blown["failed"] and blown["peak_eval_loss"] == 900.0
+    meta["history"] = [_point(HEALTHY_HEADS), _point(COLLAPSED_HEADS, loss=7.0, step=200)]
+    stuck = run_outcome("SM", 1, meta, vocab)
+    assert stuck["failed_at_end"] and stuck["collapsed"] and stuck["blew_up"]
 
 
 def test_noise_verdict_needs_agreeing_seeds_beyond_twice_the_standard_error():
@@ -72,15 +76,18 @@ def test_noise_verdict_needs_agreeing_seeds_beyond_twice_the_standard_error():
     assert noise_verdict([-0.05]) == "too few finite seeds"
 
 
-def _outcomes(failing: dict[str, int], ppl: dict[str, list[float]]) -> pd.DataFrame:
+def _outcomes(
+    failing: dict[str, int], ppl: dict[str, list[float]], recovering: dict[str, int] | None = None
+) -> pd.DataFrame:
     rows = []
     for arch in STRESS_VARIANTS:
         for seed in range(3):
             fails = seed < failing.get(arch, 0)
+            stays = fails and seed >= (recovering or {}).get(arch, 0)
             rows.append({
-                "arch": arch, "seed": seed, "diverged": fails, "blew_up": False,
-                "collapsed": fails, "failed": fails,
-                "eval_ppl": math.nan if fails else ppl.get(arch, [100.0] * 3)[seed],
+                "arch": arch, "seed": seed, "diverged": stays, "blew_up": False,
+                "collapsed": fails, "failed": fails, "failed_at_end": stays,
+                "eval_ppl": math.nan if stays else ppl.get(arch, [100.0] * 3)[seed],
                 "peak_collapsed_heads_deep_half": 0.5 if fails else 0.0,
                 "min_layer_entropy": 0.3, "lowest_bin_heads": 0.1,
             })  # fmt: skip
@@ -89,12 +96,16 @@ def _outcomes(failing: dict[str, int], ppl: dict[str, list[float]]) -> pd.DataFr
 
 def test_findings_give_a_verdict_per_claim_from_every_seed():
     outcomes = _outcomes(
-        {"SM": 3, "SM+WNormFFN": 1, "SM+SNormFFN": 3},
+        {"SM": 3, "SM+WNormFFN": 1, "SM+SNormFFN": 3, "SM+ScFuFFN": 3},
         {AERO: [90.0, 91.0, 92.0], "SM(t)+ScFuFFN": [100.0, 99.0, 101.0]},
+        recovering={"SM+ScFuFFN": 3},
     )
     findings = stress_findings(outcomes).set_index("key")
     assert findings.loc["sm_collapses", "verdict"] == "collapse shown"
     assert findings.loc["scaled_ffn_prevents_collapse", "verdict"].startswith("prevents")
+    assert findings.loc["scaled_fused_ffn_prevents_collapse", "verdict"] == (
+        "does not prevent, recovers: 0 of 3 seeds end failed (SM: 3 of 3)"
+    )
     assert findings.loc["weight_norm_prevents_collapse", "verdict"] == "reduces, does not prevent"
     assert findings.loc["spectral_norm_prevents_collapse", "verdict"] == "does not prevent"
     assert findings.loc["ereg_improves_ppl", "verdict"] == "better beyond seed noise"

@@ -9,7 +9,8 @@ climbs out of is still a collapse.
   * collapsed run: at some evaluation at least `COLLAPSED_SHARE` of the deeper half's heads
     collapsed;
   * blown-up run: at some evaluation the loss exceeded log V, worse than guessing uniformly;
-  * failed run: diverged (a non-finite loss ended it), blown up or collapsed.
+  * failed run: diverged (a non-finite loss ended it), blown up or collapsed; failed at the
+    end: diverged, or its last evaluation blown up or collapsed (it did not recover).
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ def run_outcome(arch: str, seed: int, meta: dict, vocab_size: int) -> dict:
     row |= {"diverged_at_step": meta.get("diverged_at_step", math.nan)}
     row |= {"eval_ppl": math.nan if diverged else meta.get("eval_ppl", math.nan)}
     if not history:
-        return row | {"blew_up": False, "collapsed": False, "failed": diverged}
+        return row | {"blew_up": False, "collapsed": False, "failed": diverged,
+                      "failed_at_end": diverged}  # fmt: skip
     row |= {"last_eval_step": history[-1]["step"]}
     row |= collapse_measures(history[-1]["entropy_fraction_by_head"])
     peak = max(collapse_measures(p["entropy_fraction_by_head"])["collapsed_heads_deep_half"]
@@ -69,7 +71,12 @@ def run_outcome(arch: str, seed: int, meta: dict, vocab_size: int) -> dict:
     worst = max(losses) if all(math.isfinite(v) for v in losses) else math.inf
     row |= {"peak_collapsed_heads_deep_half": peak, "peak_eval_loss": worst}
     row |= {"blew_up": worst > math.log(vocab_size), "collapsed": peak >= COLLAPSED_SHARE}
-    return row | {"failed": diverged or row["blew_up"] or row["collapsed"]}
+    ended_badly = history[-1]["eval_loss"] > math.log(vocab_size) or not math.isfinite(
+        history[-1]["eval_loss"]
+    )
+    ended_collapsed = row["collapsed_heads_deep_half"] >= COLLAPSED_SHARE
+    row |= {"failed": diverged or row["blew_up"] or row["collapsed"]}
+    return row | {"failed_at_end": diverged or ended_badly or ended_collapsed}
 
 
 def _spread(values: list[float]) -> str:
@@ -94,7 +101,8 @@ def _of(outcomes: pd.DataFrame, arch: str) -> pd.DataFrame:
 def _failures(part: pd.DataFrame) -> str:
     return (
         f"{int(part.failed.sum())} of {len(part)} seeds failed ({int(part.diverged.sum())} "
-        f"diverged, {int(part.blew_up.sum())} blew up, {int(part.collapsed.sum())} collapsed); "
+        f"diverged, {int(part.blew_up.sum())} blew up, {int(part.collapsed.sum())} collapsed; "
+        f"{int(part.failed_at_end.sum())} still failed at the end); "
         f"peak deep-half collapsed heads {_spread(list(part.peak_collapsed_heads_deep_half))}, "
         f"final lowest layer entropy {_spread(list(part.min_layer_entropy))} log T"
     )
@@ -124,6 +132,11 @@ def collapse_findings(outcomes: pd.DataFrame) -> list[dict]:
             verdict = f"prevents ({int(sm.failed.sum())} of {len(sm)} SM seeds failed, none here)"
         elif fix.failed.mean() < sm.failed.mean():
             verdict = "reduces, does not prevent"
+        elif fix.failed_at_end.mean() < sm.failed_at_end.mean():
+            verdict = (
+                f"does not prevent, recovers: {int(fix.failed_at_end.sum())} of {len(fix)} seeds "
+                f"end failed (SM: {int(sm.failed_at_end.sum())} of {len(sm)})"
+            )
         else:
             verdict = "does not prevent"
         rows.append(
