@@ -30,7 +30,8 @@ def test_collapse_measures_of_known_heads():
     heads = [[0.8, 0.8], [0.7, 0.6], [0.01, 0.5], [0.0, 0.02]]  # (L=4, H=2), m = 0.8
     measures = collapse_measures(heads)
     assert measures["collapsed_heads"] == 3 / 8  # 0.01, 0.0, 0.02 < COLLAPSED
-    assert measures["collapsed_heads_deep_half"] == 3 / 4
+    # layer 2 has one sharp head but a healthy one (mean 0.255): only layer 3 (0.01) collapsed
+    assert measures["collapsed_layers_deep_half"] == 1 / 2
     assert measures["lowest_bin_heads"] == 3 / 8  # below m / 4 = 0.2
     assert measures["min_layer_entropy"] == pytest.approx(0.01)
     assert sum(measures[f"bin_{i}"] for i in range(4)) == pytest.approx(1.0)
@@ -58,8 +59,8 @@ def test_run_outcome_judges_the_whole_history():
     recovered = run_outcome("SM", 1, meta, vocab)
     assert recovered["collapsed"] and recovered["failed"] and not recovered["blew_up"]
     assert not recovered["failed_at_end"]
-    assert recovered["collapsed_heads_deep_half"] == 0.0  # the last evaluation is healthy
-    assert recovered["peak_collapsed_heads_deep_half"] == 1.0
+    assert recovered["collapsed_layers_deep_half"] == 0.0  # the last evaluation is healthy
+    assert recovered["peak_collapsed_layers_deep_half"] == 1.0
     meta["history"] = [_point(HEALTHY_HEADS, loss=900.0), _point(HEALTHY_HEADS, step=200)]
     blown = run_outcome("SM", 1, meta, vocab)
     assert blown["blew_up"] and blown["failed"] and blown["peak_eval_loss"] == 900.0
@@ -88,7 +89,7 @@ def _outcomes(
                 "arch": arch, "seed": seed, "diverged": stays, "blew_up": False,
                 "collapsed": fails, "failed": fails, "failed_at_end": stays,
                 "eval_ppl": math.nan if stays else ppl.get(arch, [100.0] * 3)[seed],
-                "peak_collapsed_heads_deep_half": 0.5 if fails else 0.0,
+                "peak_collapsed_layers_deep_half": 0.5 if fails else 0.0,
                 "min_layer_entropy": 0.3, "lowest_bin_heads": 0.1,
             })  # fmt: skip
     return pd.DataFrame(rows)

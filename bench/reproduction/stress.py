@@ -5,8 +5,9 @@ perplexity. One findings row per claim with the mean and spread over seeds and a
 Each run is judged over its whole training history (every evaluation records the (layer, head)
 attention entropies as fractions of log T, and the eval loss): a collapse that the model later
 climbs out of is still a collapse.
-  * collapsed head: mean entropy below `COLLAPSED` (about one key attended);
-  * collapsed run: at some evaluation at least `COLLAPSED_SHARE` of the deeper half's heads
+  * collapsed layer: its heads' mean entropy below `COLLAPSED` (every head attends to about one
+    key; single sharp heads, as trained LayerNorm models have, do not make a layer collapsed);
+  * collapsed run: at some evaluation at least `COLLAPSED_SHARE` of the deeper half's layers
     collapsed;
   * blown-up run: at some evaluation the loss exceeded log V, worse than guessing uniformly;
   * failed run: diverged (a non-finite loss ended it), blown up or collapsed; failed at the
@@ -41,13 +42,14 @@ STRESS_VARIANTS = (SM, SCALED, FUSED, "SM+WNormFFN", "SM+SNormFFN", TEMPERATURE,
 def collapse_measures(heads: list[list[float]]) -> dict[str, float]:
     """Collapse measures of one evaluation's (L, H) head entropies (fractions of log T)."""
     table = torch.tensor(heads)
-    deep = table[table.size(0) // 2 :]
+    layers = table.mean(dim=1)
+    deep = layers[table.size(0) // 2 :]
     bins = head_distribution(table) if float(table.max()) > 0 else torch.tensor([1.0, 0, 0, 0])
     return {
         "lowest_bin_heads": float(bins[0]),  # the paper's [0, m/4), m the largest head entropy
         "collapsed_heads": float((table < COLLAPSED).float().mean()),
-        "collapsed_heads_deep_half": float((deep < COLLAPSED).float().mean()),
-        "min_layer_entropy": float(table.mean(dim=1).min()),
+        "collapsed_layers_deep_half": float((deep < COLLAPSED).float().mean()),
+        "min_layer_entropy": float(layers.min()),
         **{f"bin_{i}": float(b) for i, b in enumerate(bins)},
     }
 
@@ -65,16 +67,16 @@ def run_outcome(arch: str, seed: int, meta: dict, vocab_size: int) -> dict:
                       "failed_at_end": diverged}  # fmt: skip
     row |= {"last_eval_step": history[-1]["step"]}
     row |= collapse_measures(history[-1]["entropy_fraction_by_head"])
-    peak = max(collapse_measures(p["entropy_fraction_by_head"])["collapsed_heads_deep_half"]
+    peak = max(collapse_measures(p["entropy_fraction_by_head"])["collapsed_layers_deep_half"]
                for p in history)  # fmt: skip
     losses = [p["eval_loss"] for p in history]
     worst = max(losses) if all(math.isfinite(v) for v in losses) else math.inf
-    row |= {"peak_collapsed_heads_deep_half": peak, "peak_eval_loss": worst}
+    row |= {"peak_collapsed_layers_deep_half": peak, "peak_eval_loss": worst}
     row |= {"blew_up": worst > math.log(vocab_size), "collapsed": peak >= COLLAPSED_SHARE}
     ended_badly = history[-1]["eval_loss"] > math.log(vocab_size) or not math.isfinite(
         history[-1]["eval_loss"]
     )
-    ended_collapsed = row["collapsed_heads_deep_half"] >= COLLAPSED_SHARE
+    ended_collapsed = row["collapsed_layers_deep_half"] >= COLLAPSED_SHARE
     row |= {"failed": diverged or row["blew_up"] or row["collapsed"]}
     return row | {"failed_at_end": diverged or ended_badly or ended_collapsed}
 
@@ -103,7 +105,7 @@ def _failures(part: pd.DataFrame) -> str:
         f"{int(part.failed.sum())} of {len(part)} seeds failed ({int(part.diverged.sum())} "
         f"diverged, {int(part.blew_up.sum())} blew up, {int(part.collapsed.sum())} collapsed; "
         f"{int(part.failed_at_end.sum())} still failed at the end); "
-        f"peak deep-half collapsed heads {_spread(list(part.peak_collapsed_heads_deep_half))}, "
+        f"peak deep-half collapsed layers {_spread(list(part.peak_collapsed_layers_deep_half))}, "
         f"final lowest layer entropy {_spread(list(part.min_layer_entropy))} log T"
     )
 
@@ -120,7 +122,7 @@ def collapse_findings(outcomes: pd.DataFrame) -> list[dict]:
                      f"SM: {_failures(sm)}" + (f"; {BASELINE}: {_failures(base)}" if len(base)
                                                 else ""),
                      verdict, float(sm.failed.mean()),
-                     float(sm.peak_collapsed_heads_deep_half.std()), len(sm), "collapse.csv")
+                     float(sm.peak_collapsed_layers_deep_half.std()), len(sm), "collapse.csv")
         )  # fmt: skip
     for key, (arch, what) in FIXES.items():
         fix = _of(outcomes, arch)
@@ -142,7 +144,7 @@ def collapse_findings(outcomes: pd.DataFrame) -> list[dict]:
         rows.append(
             _finding(f"{key}_prevents_collapse", f"{what} prevents entropy collapse/divergence",
                      f"{arch}: {_failures(fix)}; SM: {_failures(sm)}", verdict,
-                     float(fix.failed.mean()), float(fix.peak_collapsed_heads_deep_half.std()),
+                     float(fix.failed.mean()), float(fix.peak_collapsed_layers_deep_half.std()),
                      len(fix), "collapse.csv")
         )  # fmt: skip
     return rows
@@ -201,16 +203,17 @@ def findings_markdown(findings: pd.DataFrame, outcomes: pd.DataFrame) -> str:
         lines.append(f"| {row.key} | {row.claim} | {row.ours} | {row.verdict} | {row.n_seeds} |")
     lines += ["", "## Per variant", ""]
     lines += [
-        "| arch | failed | diverged | blew up | collapsed | final PPL | peak deep-half "
-        "collapsed heads | final lowest-bin heads |",
-        "|---|---:|---:|---:|---:|---|---|---|",
+        "| arch | failed | diverged | blew up | collapsed | failed at end | final PPL | "
+        "peak deep-half collapsed layers | final lowest-bin heads |",
+        "|---|---:|---:|---:|---:|---:|---|---|---|",
     ]
+    counted = ("diverged", "blew_up", "collapsed", "failed_at_end")
     for arch, part in outcomes.groupby("arch", sort=False):
-        counts = " | ".join(str(int(part[c].sum())) for c in ("diverged", "blew_up", "collapsed"))
+        counts = " | ".join(str(int(part[c].sum())) for c in counted)
         lines.append(
             f"| {arch} | {int(part.failed.sum())}/{len(part)} | {counts} | "
             f"{_spread(list(part.eval_ppl))} | "
-            f"{_spread(list(part.peak_collapsed_heads_deep_half))} | "
+            f"{_spread(list(part.peak_collapsed_layers_deep_half))} | "
             f"{_spread(list(part.lowest_bin_heads))} |"
         )  # fmt: skip
     return "\n".join(lines) + "\n"
