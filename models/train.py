@@ -117,7 +117,7 @@ def evaluate_with_entropy(
 
 def perplexity(loss: float) -> float:
     """exp(loss); inf past float range (a blown-up model's eval loss can exceed 709 nats)."""
-    return math.exp(loss) if loss < 709.0 else math.inf
+    return math.inf if loss >= 709.0 else math.exp(loss)  # NaN stays NaN
 
 
 def _rounded(values: torch.Tensor) -> list:
