@@ -193,7 +193,12 @@ def ppl_findings(outcomes: pd.DataFrame) -> list[dict]:
 
 
 def stress_findings(outcomes: pd.DataFrame) -> pd.DataFrame:
-    return pd.DataFrame(collapse_findings(outcomes) + ppl_findings(outcomes))
+    """Every claim's row; a verdict from fewer than 3 seeds (a smoke run) is marked so."""
+    findings = pd.DataFrame(collapse_findings(outcomes) + ppl_findings(outcomes))
+    if not findings.empty:
+        few = findings.n_seeds < 3
+        findings.loc[few, "verdict"] += " (fewer than 3 seeds: provisional)"
+    return findings
 
 
 def findings_markdown(findings: pd.DataFrame, outcomes: pd.DataFrame) -> str:
