@@ -2,7 +2,7 @@
 measure secure inference of each trained model, cost the paper's exact shapes, write the tables.
 
     python bench/reproduce.py --budget small     # 2 CPU cores (sizes: reproduction/budgets.py)
-    python bench/reproduce.py --budget stress    # entropy collapse at CPU scale, 3 seeds (~2 h)
+    python bench/reproduce.py --budget stress    # entropy collapse at CPU scale, 3 seeds (~1 h)
     python bench/reproduce.py --budget paper --device cuda --precision bf16
                                                  # the GPT-2-small recipe: with several GPUs each
                                                  # variant trains data-parallel (torchrun; printed)
