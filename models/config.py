@@ -20,6 +20,8 @@ FFN_ACTIVATIONS = ("gelu", "relu", "identity")
 FFN_FORMS = ("standard", "fused")
 FFN_WEIGHT_NORMS = ("none", "weight", "spectral")
 ENTROPY_REDUCTIONS = ("sum", "mean")
+ENTROPY_THRESHOLDS = ("layer_head", "head")
+ENTROPY_ACCUMULATIONS = ("sum", "average")
 
 
 class ConfigError(UserError, ValueError):
@@ -84,14 +86,24 @@ class ModelConfig(JsonConfig):
     ffn_weight_norm: str = "none"  # static normalization of the FFN linears
     pruned_ffn_layers: int = 0  # the k deepest layers have no FFN at all
     attn_temperature: bool = False  # learnable t in R^{H x T} dividing the attention logits
-    # Causal masking replaces future logits by this finite constant (never -inf): CrypTen's exp is
-    # the limit form, valid only on about (-256, 0], so the masked entries must stay in range.
-    mask_value: float = -64.0
+    # Causal masking is exact (the softmax zeroes future weights: models.ops). This finite fill
+    # only puts future logits below every row's largest kept logit, for the MPC softmax forms that
+    # take a row max; |fill| must stay inside the fixed-point ring (< 2^(62 - precision bits)).
+    # Checkpoints from before exact masking hold -64 (then rows must keep a logit above -64).
+    mask_value: float = -1e6
     entropy_reg: bool = False
     entropy_gamma: float = 0.2  # tolerance margin: tol = gamma * log T
     entropy_lambda: float = 1e-5  # weight of the entropy penalty in the training loss
     entropy_reduction: str = "sum"  # "sum" over batch and queries as the paper's code; or "mean"
     entropy_threshold_init: float = 0.5  # initial theta (fraction of log T); learned ends ~0.2-0.5
+    # "layer_head": theta in R^{L x H}, the paper's text; "head": one H-vector shared by every
+    # layer, as the released code's compute_loss (it indexes reg_threshold_weights[head] per layer).
+    entropy_thresholds: str = "layer_head"
+    # With the "sum" reduction: "sum" adds the penalty over the whole optimizer batch (every
+    # micro-batch and device: the same for any split); "average" divides it by K micro-batches x
+    # devices, as the released trainer (HF Trainer's loss / K, DDP's mean over devices). Same
+    # gradient when lambda_sum = lambda_average / (K x devices); with "mean" both are the mean.
+    entropy_accumulation: str = "sum"
 
     def __post_init__(self) -> None:
         self._check_choice("norm", NORMS)
@@ -99,6 +111,8 @@ class ModelConfig(JsonConfig):
         self._check_choice("ffn_form", FFN_FORMS)
         self._check_choice("ffn_weight_norm", FFN_WEIGHT_NORMS)
         self._check_choice("entropy_reduction", ENTROPY_REDUCTIONS)
+        self._check_choice("entropy_thresholds", ENTROPY_THRESHOLDS)
+        self._check_choice("entropy_accumulation", ENTROPY_ACCUMULATIONS)
         if self.n_embd % self.n_head:
             raise ConfigError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
         if not 0 <= self.pruned_ffn_layers <= self.n_layer:

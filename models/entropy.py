@@ -18,7 +18,8 @@ def row_entropy(probs: torch.Tensor) -> torch.Tensor:
 
 
 class EntropyRegularizer(nn.Module):
-    """AERO's per-head entropy penalty with learnable thresholds theta in R^{L x H}.
+    """AERO's per-head entropy penalty with learnable thresholds theta in R^{L x H} (or one
+    H-vector shared by every layer, `entropy_thresholds = "head"`, as the released code).
 
     For each layer l, head h, sequence b and query i, with e the entropy of that attention row:
         delta = e - theta[l, h] * log T;  penalty = delta^2 where |delta| > gamma * log T, else 0.
@@ -29,23 +30,27 @@ class EntropyRegularizer(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
+        rows = cfg.n_layer if cfg.entropy_thresholds == "layer_head" else 1
         self.thresholds = nn.Parameter(
-            torch.full((cfg.n_layer, cfg.n_head), float(cfg.entropy_threshold_init))
+            torch.full((rows, cfg.n_head), float(cfg.entropy_threshold_init))
         )
+        self.n_layer = cfg.n_layer
         self.gamma = cfg.entropy_gamma
         self.weight = cfg.entropy_lambda
         self.reduction = cfg.entropy_reduction
+        self.accumulation = cfg.entropy_accumulation
 
     def unweighted(self, layer_probs: list[torch.Tensor]) -> torch.Tensor:
         """The penalty before lambda, from one (B, H, T, T) attention tensor per layer."""
-        n_layer, n_head = self.thresholds.shape
+        n_layer, n_head = self.n_layer, self.thresholds.size(1)
         if len(layer_probs) != n_layer:
             raise ValueError(f"expected attention from {n_layer} layers, got {len(layer_probs)}")
         log_t = math.log(layer_probs[0].size(-1))
         total = layer_probs[0].new_zeros(())
         for layer, probs in enumerate(layer_probs):
             entropy = row_entropy(probs)  # (B, H, T)
-            delta = entropy - self.thresholds[layer].view(1, n_head, 1) * log_t
+            theta = self.thresholds[layer % self.thresholds.size(0)]  # shared: row 0 every layer
+            delta = entropy - theta.view(1, n_head, 1) * log_t
             penalty = delta.square() * (delta.abs() > self.gamma * log_t)
             per_head = penalty.sum(dim=(0, 2)) if self.reduction == "sum" else penalty.mean((0, 2))
             total = total + per_head.sum() / n_head
@@ -53,6 +58,12 @@ class EntropyRegularizer(nn.Module):
 
     def forward(self, layer_probs: list[torch.Tensor]) -> torch.Tensor:
         return self.weight * self.unweighted(layer_probs)
+
+    def adds_up(self) -> bool:
+        """Whether a micro-batch's penalty adds to the step's as is (the paper-style sum over the
+        whole batch); otherwise it is weighted by the micro-batch's share of the batch, which
+        gives the mean ("mean" reduction) or the released trainer's sum / (K x devices)."""
+        return self.reduction == "sum" and self.accumulation == "sum"
 
 
 def head_entropies(layer_probs: list[torch.Tensor]) -> torch.Tensor:

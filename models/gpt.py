@@ -17,7 +17,7 @@ from torch.nn.utils import parametrizations
 
 from models.config import ModelConfig
 from models.entropy import EntropyRegularizer
-from models.ops import TORCH_OPS, Tensor, TensorOps, apply_causal_mask, causal_keep
+from models.ops import TORCH_OPS, Tensor, TensorOps, causal_keep, fill_masked
 
 
 class Linear(nn.Module):
@@ -66,12 +66,14 @@ class MatMul(nn.Module):
 
 
 class Softmax(nn.Module):
+    """Row softmax with exact masking: weights where the public 0/1 `keep` is 0 are zero."""
+
     def __init__(self, ops: TensorOps) -> None:
         super().__init__()
         self.ops = ops
 
-    def forward(self, scores: Tensor) -> Tensor:
-        return self.ops.softmax(scores, dim=-1)
+    def forward(self, scores: Tensor, keep: Tensor | None = None) -> Tensor:
+        return self.ops.softmax(scores, dim=-1, keep=keep)
 
 
 class Embed(nn.Module):
@@ -107,8 +109,9 @@ class CausalSelfAttention(nn.Module):
             for i in range(3)
         )  # each (B, nh, T, hs)
         scores = self.qk(q, k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_size))  # (B,nh,T,T)
-        scores = apply_causal_mask(self.temperature(scores), self.keep[:T, :T], self.mask_value)
-        probs = self.softmax(scores)
+        keep = self.keep[:T, :T]  # public (T, T) 0/1: key j <= query i
+        # The fill is for the MPC forms' row max only; the softmax masks exactly with `keep`.
+        probs = self.softmax(fill_masked(self.temperature(scores), keep, self.mask_value), keep)
         if attention_sink is not None:
             attention_sink.append(probs)
         y = self.av(probs, v)  # (B, nh, T, hs)

@@ -43,7 +43,12 @@ class TensorOps:
     def relu(self, x: Tensor) -> Tensor:
         return F.relu(x)
 
-    def softmax(self, scores: Tensor, dim: int = -1) -> Tensor:
+    def softmax(self, scores: Tensor, dim: int = -1, keep: Tensor | None = None) -> Tensor:
+        """Softmax along `dim`. Where the public 0/1 `keep` (broadcast to `scores`) is 0 the weight
+        is exactly 0, whatever the logits: exact causal masking (each row keeps at least one entry:
+        the diagonal)."""
+        if keep is not None:
+            scores = scores.masked_fill(keep == 0, float("-inf"))
         return torch.softmax(scores, dim=dim)
 
 
@@ -55,10 +60,12 @@ def causal_keep(length: int) -> torch.Tensor:
     return torch.tril(torch.ones(length, length))
 
 
-def apply_causal_mask(scores: Tensor, keep: torch.Tensor, mask_value: float) -> Tensor:
-    """Replace future logits by a finite constant: scores * keep + mask_value * (1 - keep).
+def fill_masked(scores: Tensor, keep: torch.Tensor, fill: float) -> Tensor:
+    """Put the finite public constant `fill` where `keep` is 0: scores * keep + fill * (1 - keep).
 
-    Replacing (not adding) keeps the masked value fixed whatever the logits' size; both terms are
-    public, so under MPC this is a local multiply and add with no communication.
+    This is not the mask: `softmax(scores, keep=keep)` zeroes those weights exactly whatever they
+    hold. The fill only keeps the masked entries in a known place for the MPC softmax forms that
+    take a row max (`mpc.forms.softmax`): below every row's largest kept logit, so the max is the
+    kept entries' max. Both terms are public: under MPC a local multiply and add, no traffic.
     """
-    return scores * keep + (1.0 - keep) * mask_value
+    return scores * keep + (1.0 - keep) * fill

@@ -9,14 +9,20 @@ softmax-only models without FFN scaling are expected to do that.
 
 `--batch-size` is the sequences per optimizer step; `--grad-accum K` splits them into K
 micro-batches (same gradients, less memory), so a token budget means the same thing on any machine.
-`--device auto` trains on an accelerator when torch sees one. Every evaluation also records the
-per-layer attention entropy (a fraction of log T) in the checkpoint's `history`, so a run shows
-when its attention leaves the uniform start (about 0.80 log T under the causal mask).
+`--device auto` trains on an accelerator when torch sees one. Under torchrun the step's sequences
+are split over the processes too, the same step (`models.distributed`):
+
+    torchrun --standalone --nproc_per_node 4 -m models.train --arch aero --device cuda ...
+
+Every evaluation also records the per-layer attention entropy (a fraction of log T) in the
+checkpoint's `history`, so a run shows when its attention leaves the uniform start (about
+0.80 log T under the causal mask).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import sys
 import time
@@ -35,6 +41,7 @@ from models.checkpoint import (
 )
 from models.cli import add_config_args, config_from_args, run_main
 from models.data import PreparedData, prepare_data
+from models.distributed import SINGLE, Group, check_split, device_of, start
 from models.entropy import head_entropies
 from models.errors import UserError
 from models.gpt import GPT
@@ -86,22 +93,39 @@ def evaluate(model: GPT, data: PreparedData, settings: TrainSettings, length: in
 
 @torch.no_grad()
 def evaluate_with_entropy(
-    model: GPT, data: PreparedData, settings: TrainSettings, length: int
-) -> tuple[float, list[float]]:
-    """(validation CE, per-layer mean head entropy / log T) over the same fixed windows."""
+    model: GPT, data: PreparedData, settings: TrainSettings, length: int, group: Group = SINGLE
+) -> tuple[float, torch.Tensor]:
+    """(validation CE, (L, H) head entropy / log T) over the same fixed windows (each process
+    takes its slice of every window batch; the equal slices' means are averaged)."""
     model.eval()
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(settings.seed + 1)
-    losses, entropy = [], torch.zeros(model.config.n_layer)
+    loss, entropy = 0.0, torch.zeros(model.config.n_layer, model.config.n_head)
     for _ in range(settings.eval_batches):
-        x, y = (t.to(device) for t in data.batch("val", settings.batch_size, length, generator))
+        x, y = data.batch("val", settings.batch_size, length, generator)
+        x, y = group.rows(x).to(device), group.rows(y).to(device)
         attention: list[torch.Tensor] = []
         logits = model(x, attention)
-        losses.append(torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten()).item())
-        entropy += head_entropies(attention).float().mean(dim=1).cpu()
+        loss += torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten()).item()
+        entropy += head_entropies(attention).float().cpu()
     model.train()
-    fraction = entropy / settings.eval_batches / math.log(length)
-    return sum(losses) / len(losses), [round(v, 4) for v in fraction.tolist()]
+    total = group.sum([loss, *entropy.flatten().tolist()], device)
+    loss = total[0] / group.world_size
+    entropy = torch.tensor(total[1:]).view_as(entropy) / group.world_size
+    return loss / settings.eval_batches, entropy / settings.eval_batches / math.log(length)
+
+
+def perplexity(loss: float) -> float:
+    """exp(loss); inf past float range (a blown-up model's eval loss can exceed 709 nats)."""
+    return math.inf if loss >= 709.0 else math.exp(loss)  # NaN stays NaN
+
+
+def _rounded(values: torch.Tensor) -> list:
+    return (
+        [round(v, 4) for v in values.tolist()]
+        if values.dim() == 1
+        else [_rounded(row) for row in values]
+    )
 
 
 def training_loss(model: GPT, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, float]:
@@ -110,87 +134,108 @@ def training_loss(model: GPT, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.T
 
 
 def micro_batch_loss(
-    model: GPT, x: torch.Tensor, y: torch.Tensor, share: float
+    model: GPT, x: torch.Tensor, y: torch.Tensor, share: float, forward=None
 ) -> tuple[torch.Tensor, float]:
-    """This micro-batch's part of the step loss, so that the parts add up to the whole batch's.
+    """This micro-batch's part of the step loss, so that the parts add up to the whole batch's
+    (`share`: its fraction of the step's sequences, over every micro-batch and device).
 
-    The cross-entropy is a mean: it is weighted by the micro-batch's share of the sequences. The
-    entropy penalty with the paper's "sum" reduction is a sum over sequences: it adds up as is.
+    The cross-entropy is a mean: it is weighted by the share. The entropy penalty with the
+    paper's "sum" reduction is a sum over sequences: it adds up as is, unless the config asks
+    for the released trainer's average over micro-batches and devices (then it is weighted too:
+    the share is 1 / (K x devices)).
     """
     reg = model.entropy_reg
     attention = [] if reg is not None else None
-    logits = model(x, attention)
+    logits = (forward or model)(x, attention)  # forward: the DDP wrapper when distributed
     ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
     loss = ce * share
     if reg is not None:
         penalty = reg([a.float() for a in attention])
-        loss = loss + (penalty if reg.reduction == "sum" else penalty * share)
+        loss = loss + (penalty if reg.adds_up() else penalty * share)
     return loss, ce.item()
 
 
-def accumulate_gradients(model: GPT, x, y, settings: TrainSettings, precision: str) -> float:
-    """Forward and backward over grad_accum micro-batches; returns the batch CE, NaN if any part
-    of the loss is non-finite (then nothing is stepped)."""
-    ce_total = 0.0
-    device_type = next(model.parameters()).device.type
-    autocast = torch.autocast(device_type, torch.bfloat16, enabled=precision == "bf16")
-    for xs, ys in zip(x.chunk(settings.grad_accum), y.chunk(settings.grad_accum), strict=True):
-        share = len(xs) / len(x)
+def accumulate_gradients(
+    model: GPT, x, y, settings: TrainSettings, precision: str, group: Group = SINGLE, net=None
+) -> float:
+    """Forward and backward over grad_accum micro-batches of this process's rows `x`, `y` (the
+    whole batch on one process; `net`: the DDP wrapper of `model` on several); returns the
+    global batch's CE, NaN if any part of the loss is non-finite on any process (then nothing
+    is stepped)."""
+    ce_total, net = 0.0, net or model
+    device = next(model.parameters()).device
+    autocast = torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16")
+    parts = list(zip(x.chunk(settings.grad_accum), y.chunk(settings.grad_accum), strict=True))
+    for index, (xs, ys) in enumerate(parts):
+        share = len(xs) / (len(x) * group.world_size)  # of the global batch
         with autocast:
-            loss, ce = micro_batch_loss(model, xs, ys, share)
-        if not math.isfinite(loss.item()):
+            loss, ce = micro_batch_loss(model, xs, ys, share, net)
+        if not all(math.isfinite(v) for v in group.sum([loss.item()], device)):
             return math.nan
-        loss.backward()
+        last = index == len(parts) - 1  # DDP averages gradients over ranks on the last backward
+        with contextlib.nullcontext() if last or net is model else net.no_sync():
+            (loss * group.world_size).backward()
         ce_total += ce * share
-    return ce_total
+    return group.sum([ce_total], device)[0]
 
 
-def train(model, optimizer, data, settings, length, meta, out: Path, precision="fp32") -> dict:
-    """Run (or continue) training up to settings.steps; returns the updated metadata."""
+def train(
+    model, optimizer, data, settings, length, meta, out: Path, precision="fp32", group=SINGLE
+) -> dict:
+    """Run (or continue) training up to settings.steps; returns the updated metadata. On several
+    processes every one runs this; rank 0 alone shows progress and writes checkpoints."""
     generator = torch.Generator().manual_seed(settings.seed + meta["step"])
     device = next(model.parameters()).device
     model.train()
-    bar = tqdm(
+    net = group.wrap(model, device)
+    bar = tqdm(  # elapsed and remaining time; quiet when stderr is not a terminal
         range(meta["step"], settings.steps),
         initial=meta["step"],
         total=settings.steps,
         desc=model.config.arch,
         dynamic_ncols=True,
-        disable=None,
+        disable=None if group.is_main else True,
     )
     start, tokens_this_run = time.perf_counter(), 0
     for step in bar:
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, settings)
-        x, y = (t.to(device) for t in data.batch("train", settings.batch_size, length, generator))
+        for param_group in optimizer.param_groups:
+            param_group["lr"] = learning_rate(step, settings)
+        x, y = data.batch("train", settings.batch_size, length, generator)  # the global batch
+        x, y = group.rows(x).to(device), group.rows(y).to(device)
         optimizer.zero_grad(set_to_none=True)
-        ce = accumulate_gradients(model, x, y, settings, precision)
+        ce = accumulate_gradients(model, x, y, settings, precision, group, net)
         if not math.isfinite(ce):
             meta.update(status="diverged", diverged_at_step=step, step=step)
             break
         torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
         optimizer.step()
-        tokens_this_run += x.numel()
-        meta.update(step=step + 1, tokens_seen=meta["tokens_seen"] + x.numel(), train_loss=ce)
+        tokens = settings.batch_size * length
+        tokens_this_run += tokens
+        meta.update(step=step + 1, tokens_seen=meta["tokens_seen"] + tokens, train_loss=ce)
         rate = tokens_this_run / (time.perf_counter() - start)
         bar.set_postfix(loss=f"{ce:.3f}", tok_s=f"{rate:.0f}")
         if (step + 1) % settings.eval_interval == 0 or step + 1 == settings.steps:
-            meta["eval_loss"], entropy = evaluate_with_entropy(model, data, settings, length)
-            meta["eval_ppl"] = math.exp(meta["eval_loss"])
+            meta["eval_loss"], heads = evaluate_with_entropy(model, data, settings, length, group)
+            meta["eval_ppl"] = perplexity(meta["eval_loss"])
+            entropy = _rounded(heads.mean(dim=1))
             point = {"step": step + 1, "tokens": meta["tokens_seen"], "train_loss": ce}
             point |= {"eval_loss": meta["eval_loss"], "entropy_fraction_by_layer": entropy}
+            point["entropy_fraction_by_head"] = _rounded(heads)  # (L, H), for the head bins
             meta["history"] = [*meta.get("history", []), point]
-            bar.write(
-                f"step {step + 1}: eval loss {meta['eval_loss']:.4f} ppl {meta['eval_ppl']:.3f}"
-                f" attention entropy/log T by layer {entropy}"
-            )
-            save(out, model, optimizer, data, meta)
+            if group.is_main:
+                bar.write(
+                    f"step {step + 1}: eval loss {meta['eval_loss']:.4f} ppl"
+                    f" {meta['eval_ppl']:.3f} attention entropy/log T by layer {entropy}"
+                )
+                save(out, model, optimizer, data, meta)
     bar.close()
     meta["train_seconds"] = meta.get("train_seconds", 0.0) + time.perf_counter() - start
     meta["tokens_per_second"] = tokens_this_run / max(1e-9, time.perf_counter() - start)
     if meta["status"] == "running":
         meta["status"] = "finished"
-    save(out, model, optimizer, data, meta)
+    if group.is_main:
+        save(out, model, optimizer, data, meta)
+    group.barrier()  # every rank returns after the checkpoint exists
     return meta
 
 
@@ -235,15 +280,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     settings = TrainSettings(**{k: getattr(args, k) for k in asdict(TrainSettings())})
-    if settings.grad_accum < 1 or settings.batch_size % settings.grad_accum:
-        raise UserError(
-            f"--grad-accum {settings.grad_accum} must be >= 1 and divide --batch-size "
-            f"{settings.batch_size}"
-        )
-    device = training_device(args.device)
+    group = start(args.device)  # one process unless torchrun started several
+    try:
+        check_split(group, settings.batch_size, settings.grad_accum)
+        return run_training(args, settings, group)
+    finally:
+        group.finish()
+
+
+def run_training(args: argparse.Namespace, settings: TrainSettings, group: Group) -> int:
+    device = device_of(group, training_device(args.device))
     cfg = config_from_args(args)
     out = Path(args.out or f"runs/{cfg.arch}-{args.preset}.pt".replace("(", "_").replace(")", "_"))
+    if not group.is_main:
+        group.barrier()  # rank 0 tokenizes and caches the corpus first
     data = prepare_data(args.data_dir, cfg.vocab_size, args.corpus, args.text_field, args.max_files)
+    if group.is_main:
+        group.barrier()
     cfg = cfg.replace(vocab_size=data.vocab_size)
     length = args.seq_len or cfg.block_size
     if length > cfg.block_size:
@@ -260,26 +313,28 @@ def main(argv: list[str] | None = None) -> int:
         "seq_len": length,
         "preset": args.preset,
         "device": str(device),
+        "processes": group.world_size,
         "precision": args.precision,
         "data": {k: v for k, v in data.manifest.items() if k != "files"},
     }
     if args.resume and out.exists():
         meta = resume_into(out, model, optimizer, cfg, meta)
-    print(
+    say = print if group.is_main else lambda *a, **k: None
+    say(
         f"{cfg.arch} ({args.preset}): {model.num_params():,} parameters, "
         f"{data.manifest['train_tokens']:,} training tokens, vocab {cfg.vocab_size}, "
-        f"{device} {args.precision} -> {out}"
+        f"{device} {args.precision} x {group.world_size} process(es) -> {out}"
     )
-    meta = train(model, optimizer, data, settings, length, meta, out, args.precision)
+    meta = train(model, optimizer, data, settings, length, meta, out, args.precision, group)
     status = meta["status"]
     if status == "diverged":
-        print(
+        say(
             f"{cfg.arch}: diverged at step {meta['diverged_at_step']} (non-finite loss); "
             f"checkpoint with status 'diverged' at {out}",
             file=sys.stderr,
         )
         return EXIT_DIVERGED
-    print(
+    say(
         f"{cfg.arch}: {status} after {meta['step']} steps, eval loss {meta['eval_loss']:.4f}, "
         f"ppl {meta['eval_ppl']:.3f}, {meta['tokens_per_second']:.0f} tokens/s"
     )

@@ -69,7 +69,9 @@ class CryptenOps(TensorOps):
         with self._configured():
             return self._relu(x, approx=self.approx)
 
-    def softmax(self, scores: Tensor, dim: int = -1) -> Tensor:
-        """The softmax form `approx.softmax_form` (`mpc.forms.softmax`)."""
+    def softmax(self, scores: Tensor, dim: int = -1, keep: Tensor | None = None) -> Tensor:
+        """The softmax form `approx.softmax_form` (`mpc.forms.softmax`); its exponentials are
+        multiplied by the public 0/1 `keep` (local, free), so masked weights are 0 to within the
+        form's stated error whatever the logits."""
         with self._configured():
-            return self._softmax(scores, dim, approx=self.approx)
+            return self._softmax(scores, dim, approx=self.approx, keep=keep)

@@ -70,6 +70,27 @@ def test_regularizer_value_and_gradient_by_hand(reduction):
     assert_close(reg.thresholds.grad, 0.5 * torch.tensor(grad), 1e-6, "d penalty / d theta")
 
 
+def test_shared_thresholds_are_one_vector_for_every_layer():
+    """The released code's sharing: the penalty of each layer uses the same H thresholds, so it
+    equals the per-layer regularizer with every row set to that vector, and the shared vector's
+    gradient is the sum of the rows' gradients."""
+    per_layer = _regularizer("sum", 0.2, [[0.3, 0.6], [0.3, 0.6], [0.3, 0.6]])
+    cfg = resolve_config(
+        "aero", "tiny", n_layer=3, n_head=2, entropy_lambda=0.5, entropy_thresholds="head"
+    )
+    shared = EntropyRegularizer(cfg)
+    assert tuple(shared.thresholds.shape) == (1, 2)
+    with torch.no_grad():
+        shared.thresholds.copy_(torch.tensor([[0.3, 0.6]]))
+    probs = [_rows(), _rows().flip(1), _rows()]  # head 0 uniform in layer 1, one-hot elsewhere
+    expected, got = per_layer(probs), shared(probs)
+    expected.backward()
+    got.backward()
+    assert_close(got.item(), expected.item(), 1e-6, "shared vs per-layer penalty")
+    assert_close(shared.thresholds.grad[0], per_layer.thresholds.grad.sum(0), 1e-6, "gradient")
+    assert per_layer.thresholds.grad.abs().sum() > 0
+
+
 def test_dead_zone_gives_zero_penalty_and_gradient():
     reg = _regularizer("sum", 0.2, [[0.0, 0.0]])
     one_hot = _rows()[:, :1].expand(1, 2, T, T).clone().requires_grad_(True)

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from models.config import VARIANTS, ModelConfig, resolve_config
-from models.gpt import GPT
+from models.gpt import GPT, Softmax
+from models.ops import TORCH_OPS, causal_keep, fill_masked
 from tests.conftest import assert_close
 
 
@@ -60,11 +61,15 @@ def test_forward_shapes_and_one_hot_equals_ids(arch):
 
 @pytest.mark.parametrize("arch", list(VARIANTS))
 @pytest.mark.parametrize("n_layer", [2, 4])
-def test_parameter_count_matches_architecture(arch, n_layer):
-    cfg = tiny(arch, n_layer=n_layer)
+@pytest.mark.parametrize("sharing", ["layer_head", "head"])
+def test_parameter_count_matches_architecture(arch, n_layer, sharing):
+    """Training-only thresholds: L x H (the paper's text) or H shared by every layer (the
+    released code)."""
+    cfg = tiny(arch, n_layer=n_layer, entropy_thresholds=sharing)
     model = GPT(cfg)
     assert model.num_params() == expected_param_count(cfg)
-    thresholds = cfg.n_layer * cfg.n_head if cfg.entropy_reg else 0
+    rows = cfg.n_layer if sharing == "layer_head" else 1
+    thresholds = rows * cfg.n_head if cfg.entropy_reg else 0
     assert model.num_params(include_training_only=True) == expected_param_count(cfg) + thresholds
 
 
@@ -110,8 +115,11 @@ def _hf_reference(cfg: ModelConfig):
     return transformers.GPT2LMHeadModel(hf_config).eval()
 
 
-@pytest.mark.parametrize("n_layer", [1, 3])
-def test_baseline_equals_huggingface_gpt2(n_layer):
+@pytest.mark.parametrize("n_layer, qk_scale", [(1, 1), (3, 1), (3, 32)])
+def test_baseline_equals_huggingface_gpt2(n_layer, qk_scale):
+    """GPT-2 masks exactly; so do we. With q and k weights x32 (attention logits x1024) some rows
+    lie entirely below -64: the former finite fill (-64) gave those rows' weight to future keys
+    (0.55 logit error here, 0.78 at x64); exact masking: 8e-7."""
     from models.hf import load_hf_gpt2_state_dict
 
     cfg = tiny("baseline", n_layer=n_layer)
@@ -119,12 +127,59 @@ def test_baseline_equals_huggingface_gpt2(n_layer):
     with torch.no_grad():  # GPT-2 init has zero biases and unit LN gains: perturb them all
         for p in reference.parameters():
             p.add_(0.05 * torch.randn_like(p))
+        for block in reference.transformer.h:  # q and k are the first 2C columns of c_attn
+            block.attn.c_attn.weight[:, : 2 * cfg.n_embd] *= qk_scale
     model = load_hf_gpt2_state_dict(reference.state_dict(), cfg)
     tokens = torch.randint(0, cfg.vocab_size, (3, cfg.block_size))
     with torch.no_grad():
         expected = reference(tokens).logits
         actual = model(tokens)
-    assert_close(actual, expected, 1e-5, "baseline logits vs transformers GPT2LMHeadModel")
+    assert_close(actual, expected, 1e-5, f"baseline logits vs GPT2LMHeadModel, q, k x{qk_scale}")
+
+
+def _rows_far_below(length: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """(8, 2, T, T) logits: kept entries N(0, 9) around row offsets from -1 down to -1e4, future
+    entries +50 (above every kept one); and the causal keep."""
+    keep = causal_keep(length)
+    generator = torch.Generator().manual_seed(0)
+    offsets = -torch.logspace(0, 4, 8).reshape(-1, 1, 1, 1)
+    kept = torch.randn(8, 2, length, length, generator=generator) * 3 + offsets
+    return torch.where(keep.bool(), kept, torch.full_like(kept, 50.0)), keep
+
+
+def test_masking_is_exact_for_rows_far_below_the_fill():
+    """No future weight above 1e-6 for rows with logits down to -1e4, whatever the fill (the
+    default and the former -64); every row equals the softmax of its kept prefix alone."""
+    scores, keep = _rows_far_below()
+    length = keep.size(0)
+    expected = torch.zeros(scores.shape, dtype=torch.float64)
+    for i in range(length):
+        expected[..., i, : i + 1] = torch.softmax(scores[..., i, : i + 1].double(), dim=-1)
+    for fill in (ModelConfig().mask_value, -64.0):
+        probs = TORCH_OPS.softmax(fill_masked(scores, keep, fill), keep=keep)
+        assert probs.masked_select(keep == 0).abs().max() <= 1e-6, f"fill {fill}"
+        assert_close(probs, expected, 1e-6, f"masked softmax, fill {fill}")
+    # the former finite fill alone: rows below -64 gave their attention to the future keys
+    leaked = torch.softmax(fill_masked(scores, keep, -64.0), dim=-1).masked_fill(keep == 1, 0)
+    assert leaked.sum(-1).max() > 0.99
+
+
+def test_models_with_the_former_fill_give_the_same_results(monkeypatch):
+    """A checkpoint from before exact masking holds mask_value = -64: where that fill was exact
+    (every row keeps a logit above it, as in any trained model) the logits are unchanged."""
+    for arch in ("baseline", "aero"):
+        cfg = tiny(arch, mask_value=-64.0)
+        torch.manual_seed(0)
+        model = GPT(cfg).eval()
+        tokens = torch.randint(0, cfg.vocab_size, (2, cfg.block_size))
+        with torch.no_grad():
+            exact = model(tokens)
+            with monkeypatch.context() as patch:  # the former softmax: the fill was the mask
+                patch.setattr(
+                    Softmax, "forward", lambda self, scores, keep=None: scores.softmax(-1)
+                )
+                former = model(tokens)
+        assert_close(exact, former, 1e-6, f"{arch}: exact masking vs the former -64 fill")
 
 
 def test_hf_state_dict_with_an_untied_head_is_rejected():

@@ -16,9 +16,9 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from models.config import resolve_config
+from models.config import ModelConfig, resolve_config
 from models.gpt import GPT, LayerNorm
-from models.ops import TORCH_OPS, apply_causal_mask, causal_keep
+from models.ops import TORCH_OPS, causal_keep, fill_masked
 from mpc.approx import (
     ApproxConfig,
     ApproxError,
@@ -32,7 +32,7 @@ from mpc.forms.activations import GELU_CLIP, gelu_residual, gelu_residual_coeffi
 from mpc.ops import CryptenOps
 from tests.conftest import assert_close
 
-MASK = -64.0
+MASK = ModelConfig().mask_value  # the fill of masked logits (the mask itself multiplies exp)
 EPS = 1e-5
 
 
@@ -50,13 +50,20 @@ def decrypt(value) -> torch.Tensor:
 
 def causal_rows(tops: torch.Tensor, sigmas: torch.Tensor, length: int) -> torch.Tensor:
     """(len(tops), len(sigmas), T, T) causal logits ~ N(0, sigma^2), shifted so each row's max
-    is exactly its top; future entries replaced by the mask constant."""
+    is exactly its top; future entries hold the fill."""
     generator = torch.Generator().manual_seed(0)
     noise = torch.randn(len(tops), len(sigmas), length, length, generator=generator)
     scores = noise * sigmas.reshape(1, -1, 1, 1)
     keep = causal_keep(length)
     row_max = scores.masked_fill(keep == 0, -1e9).amax(-1, keepdim=True)
-    return apply_causal_mask(scores - row_max + tops.reshape(-1, 1, 1, 1), keep, MASK)
+    return fill_masked(scores - row_max + tops.reshape(-1, 1, 1, 1), keep, MASK)
+
+
+def masked_softmax(approx: ApproxConfig, crypten, scores: torch.Tensor) -> tuple:
+    """(under MPC, plaintext) causal softmax of (..., T, T) logits, the mask multiplying exp."""
+    keep = causal_keep(scores.size(-1))
+    got = decrypt(CryptenOps(approx).softmax(crypten.cryptensor(scores), dim=-1, keep=keep))
+    return got, TORCH_OPS.softmax(scores, dim=-1, keep=keep)
 
 
 # ---- ApproxConfig -------------------------------------------------------------------------------
@@ -219,9 +226,8 @@ def test_softmax_with_row_max(crypten: types.ModuleType, form: str) -> None:
     approx = ApproxConfig(softmax_form=form)
     for length in (16, 13, 1):
         scores = torch.randn(4, 2, length, length, generator=torch.Generator().manual_seed(0)) * 3
-        scores = apply_causal_mask(scores, causal_keep(length), MASK)  # (B, H, T, T)
-        got = decrypt(CryptenOps(approx).softmax(crypten.cryptensor(scores), dim=-1))
-        expected = TORCH_OPS.softmax(scores, dim=-1)
+        scores = fill_masked(scores, causal_keep(length), MASK)  # (B, H, T, T)
+        got, expected = masked_softmax(approx, crypten, scores)
         assert_close(got, expected, 6e-3, f"{form} softmax, T={length}, N(0, 9) logits")
 
 
@@ -233,9 +239,8 @@ def test_tree_softmax_holds_past_256_entries(crypten: types.ModuleType) -> None:
     for length in (256, 300):
         for sigma in (0.0, 3.0):
             scores = torch.randn(1, 1, length, length, generator=torch.Generator().manual_seed(0))
-            scores = apply_causal_mask(scores * sigma, causal_keep(length), MASK)
-            got = decrypt(CryptenOps(approx).softmax(crypten.cryptensor(scores), dim=-1))
-            expected = TORCH_OPS.softmax(scores, dim=-1)
+            scores = fill_masked(scores * sigma, causal_keep(length), MASK)
+            got, expected = masked_softmax(approx, crypten, scores)
             assert_close(got, expected, 1.2e-2, f"tree softmax, T={length}, sigma {sigma}")
 
 
@@ -254,9 +259,42 @@ def test_softmax_max_free(crypten: types.ModuleType) -> None:
     bound = approx.softmax_logit_bound
     tops = torch.linspace(-bound, bound, 11)
     scores = causal_rows(tops, torch.tensor([0.0, 0.3, 2.0, 6.0]), length=16)
-    got = decrypt(CryptenOps(approx).softmax(crypten.cryptensor(scores), dim=-1))
-    expected = TORCH_OPS.softmax(scores, dim=-1)
+    got, expected = masked_softmax(approx, crypten, scores)
     assert_close(got, expected, 4e-3, f"max-free softmax, row max in [-{bound}, {bound}]")
+
+
+def _rows_with_offsets(offsets: torch.Tensor, future: float, length: int = 16) -> torch.Tensor:
+    """(len(offsets), 2, T, T): kept logits N(0, 9) shifted so each row's max is its offset,
+    future logits `future` (they are what the model computed; the fill is applied on top)."""
+    generator = torch.Generator().manual_seed(3)
+    keep = causal_keep(length)
+    kept = torch.randn(len(offsets), 2, length, length, generator=generator) * 3
+    kept = kept - kept.masked_fill(keep == 0, -1e9).amax(-1, keepdim=True)
+    kept = kept + offsets.reshape(-1, 1, 1, 1)
+    return torch.where(keep.bool(), kept, torch.full_like(kept, future))
+
+
+@pytest.mark.parametrize(
+    "form, offsets, atol, filled",
+    [
+        ("stock", -torch.logspace(0, 4, 6), 6e-3, True),  # row maxima -1 ... -1e4: below -64
+        ("tree", -torch.logspace(0, 4, 6), 6e-3, True),
+        ("max_free", torch.linspace(-2.5, 2.5, 6), 4e-3, True),  # its range: row max in [-b, b]
+        ("max_free", torch.linspace(-2.5, 2.5, 6), 4e-3, False),  # needs no fill at all
+    ],
+)
+@pytest.mark.parametrize("future", [60.0, -1e4])
+def test_masking_is_exact_under_mpc(crypten, form, offsets, atol, filled, future) -> None:
+    """Future weights are 0 up to the fixed-point rounding of the normalization (one party
+    measures exactly 0), whatever the future logits and however far below -64 the kept ones
+    lie; kept weights within the form's stated error (measured 3.7e-3 stock and tree, 2.5e-3
+    max-free). The former -64 fill as the mask gave rows below -64 future weights of 2e9."""
+    keep = causal_keep(16)
+    scores = _rows_with_offsets(offsets, future)
+    scores = fill_masked(scores, keep, MASK) if filled else scores
+    got, expected = masked_softmax(ApproxConfig(softmax_form=form), crypten, scores)
+    assert got.masked_select(keep == 0).abs().max() <= 2**-14, f"{form}: a future weight"
+    assert_close(got, expected, atol, f"{form} softmax, row maxima {offsets.tolist()}")
 
 
 # ---- the whole model with encrypted weights ------------------------------------------------------

@@ -13,7 +13,7 @@ import torch
 from models import train as trainer
 from models.checkpoint import CheckpointError, load_checkpoint
 from models.gpt import GPT
-from tests.conftest import TINY_FILES, TINY_VOCAB
+from tests.conftest import TINY_FILES, TINY_VOCAB, assert_close
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -84,6 +84,34 @@ def test_gradient_accumulation_gives_the_whole_batch_gradient(tiny_data, reducti
             torch.testing.assert_close(split[name], whole, rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.parametrize("accum", [1, 3, 4])
+def test_released_trainer_normalization_is_the_sum_over_k_micro_batches(tiny_data, accum):
+    """entropy_accumulation="average" (the released trainer: loss / K, mean over devices) gives
+    the summed penalty's gradient divided by K: the thresholds' gradient (penalty only) is the
+    sum's / K, and every gradient equals the sum's at lambda / K (lambda_ours = lambda_theirs /
+    (K x devices); the devices are in tests/test_distributed.py)."""
+    from models.config import resolve_config
+
+    cfg = resolve_config("aero", "tiny", vocab_size=tiny_data.vocab_size, entropy_lambda=0.05)
+    x, y = tiny_data.batch("train", 12, 16, torch.Generator().manual_seed(0))
+    settings = trainer.TrainSettings(batch_size=12, grad_accum=accum)
+
+    def gradients(**changes) -> dict[str, torch.Tensor]:
+        torch.manual_seed(0)
+        model = GPT(cfg.replace(**changes))
+        trainer.accumulate_gradients(model, x, y, settings, "fp32")
+        return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    summed = gradients()
+    averaged = gradients(entropy_accumulation="average")
+    equivalent = gradients(entropy_lambda=0.05 / accum)
+    theta = "entropy_reg.thresholds"
+    assert summed[theta].abs().sum() > 0
+    torch.testing.assert_close(averaged[theta] * accum, summed[theta], rtol=1e-5, atol=1e-9)
+    for name, value in averaged.items():
+        torch.testing.assert_close(value, equivalent[name], rtol=1e-4, atol=1e-7)
+
+
 def test_evaluations_record_the_attention_entropy_trajectory(tmp_path, data_dir, tiny_data):
     code, out = _train(tmp_path, data_dir, "sm+g", 80, "--grad-accum", "2")
     assert code == 0
@@ -93,6 +121,9 @@ def test_evaluations_record_the_attention_entropy_trajectory(tmp_path, data_dir,
     for point in history:
         fractions = point["entropy_fraction_by_layer"]
         assert len(fractions) == 2 and all(0 < f <= 1 for f in fractions)
+        heads = torch.tensor(point["entropy_fraction_by_head"])  # (L, H) for the head bins
+        assert heads.shape == (2, 2)
+        assert_close(heads.mean(1), fractions, 1e-4, "layer fraction = mean of its heads")
     assert history[-1]["eval_loss"] == load_checkpoint(out).meta["eval_loss"]
 
 

@@ -1,6 +1,8 @@
 """Figures of the reproduction, drawn from its CSV frames only: entropy heatmaps (the paper's
 Figure 3 shape), head-entropy distributions beside the paper's (Figure 4 shape), perplexity per
-variant, and the benchmark's per-operation figures of the trained models (Figure 1 shape)."""
+variant, and the benchmark's per-operation figures of the trained models (Figure 1 shape); for
+a several-seed run, the entropy trajectories per layer averaged over seeds (the paper's collapse
+story) and the final head distributions."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from bench.reproduction.paper import PAPER_TOKENS
+from bench.reproduction.paper import AERO, PAPER_HEADS, PAPER_TOKENS
 from models.entropy import BIN_LABELS
 
 BIN_COLOURS = ("#d62728", "#ff9896", "#98df8a", "#1f77b4")
@@ -138,4 +140,58 @@ def draw_figures(frames: dict, tables: dict, out: Path) -> list[Path]:
         from bench.figures import draw_all
 
         paths += draw_all(frames["mpc_results"], out / "plots")
+    return paths
+
+
+STORY = ("SM", "SM+ScFFN", AERO)  # collapse, the fix, the regularizer (Figures 3 and 6)
+
+
+def seed_trajectory_chart(trajectory: pd.DataFrame, collapse: pd.DataFrame, out: Path) -> Path:
+    """Each layer's mean head entropy against tokens, averaged over the seeds still training at
+    that evaluation, for SM, SM+ScFFN and EReg (the others if those are absent); deep layers
+    dark. Dotted: the collapse line (`stress.COLLAPSED`)."""
+    from matplotlib import colormaps
+
+    from bench.reproduction.stress import COLLAPSED
+
+    archs = [a for a in STORY if a in set(trajectory.arch)] or list(dict.fromkeys(trajectory.arch))
+    fig, axes = _figure(3.6 * len(archs) + 0.8, 3.2, 1, len(archs))
+    for ax, arch in zip(axes, archs, strict=True):
+        part = trajectory[trajectory.arch == arch]
+        layers = sorted(set(part.layer))
+        means = part.groupby(["layer", "tokens"]).entropy_fraction_of_log_t.mean().reset_index()
+        for layer, line in means.groupby("layer"):
+            colour = colormaps["viridis_r"](0.1 + 0.85 * layer / max(1, len(layers) - 1))
+            ax.plot(line.tokens / 1e6, line.entropy_fraction_of_log_t, color=colour,
+                    marker=".", markersize=3, label=f"layer {layer}")  # fmt: skip
+        ax.axhline(COLLAPSED, color="red", linestyle=":", linewidth=0.8)
+        runs = collapse[collapse.arch == arch]
+        ax.set_title(f"{arch}: {int(runs.diverged.sum())} of {len(runs)} seeds diverged",
+                     fontsize=9)  # fmt: skip
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("M tokens", fontsize=8)
+        ax.set_ylabel("entropy / log T (mean over seeds)", fontsize=8)
+    axes[-1].legend(fontsize=6, ncols=2)
+    fig.suptitle("Attention entropy per layer during training (red dotted: collapsed)")
+    path = out / "entropy_trajectory.png"
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def seed_figures(frames: dict, out: Path) -> list[Path]:
+    """The figures of a several-seed run: trajectories, and the final head distributions (the
+    mean over seeds of each bin; the paper's bars beside where published)."""
+    paths = []
+    collapse = frames["collapse"]
+    if not frames.get("entropy_trajectory", pd.DataFrame()).empty and not collapse.empty:
+        paths.append(seed_trajectory_chart(frames["entropy_trajectory"], collapse, out))
+    if not collapse.empty and "bin_0" in collapse:
+        means = collapse.groupby("arch", sort=False)[[f"bin_{i}" for i in range(4)]].mean()
+        rows = [
+            {"arch": arch, "bin": label, "fraction_of_heads": means.loc[arch, f"bin_{i}"],
+             "paper_fraction_of_heads": PAPER_HEADS[arch][i] / 100 if arch in PAPER_HEADS
+             else math.nan}
+            for arch in means.index for i, label in enumerate(BIN_LABELS)
+        ]  # fmt: skip
+        paths.append(head_distribution_chart(pd.DataFrame(rows), out))
     return paths

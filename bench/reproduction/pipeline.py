@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pandas as pd
+from tqdm import tqdm
 
 from bench.environment import environment_record
 from bench.reproduction.collect import collect
@@ -24,7 +25,10 @@ from models.checkpoint import git_revision
 from models.errors import UserError
 
 STAGES = (*PER_VARIANT, "shapes", "table")  # train, entropy, mpc, accuracy, shapes, table
-RECIPE_KEYS = ("preset", "steps", "batch_size", "seed", "max_files", "corpus")
+RECIPE_KEYS = (
+    "preset", "steps", "batch_size", "seed", "seeds", "max_files", "corpus", "lr", "warmup_frac",
+    "overrides",
+)  # fmt: skip
 
 
 def reproduce(run: Run, stages: list[str], by_variant: bool, noise_against: list[str]) -> int:
@@ -38,17 +42,26 @@ def reproduce(run: Run, stages: list[str], by_variant: bool, noise_against: list
     print(f"reproduction '{run.name}': {len(run.variants)} variants -> {run.out}", flush=True)
     failures: list[str] = []
     per_variant = [s for s in PER_VARIANT if s in stages]
-    # by_variant: every stage of one variant before the next (complete rows if interrupted)
-    batches = [[arch] for arch in run.variants] if by_variant else [run.variants]
-    for archs in batches:
-        for stage in per_variant:
-            run_stage(run, stage, failures, archs)
+    runs = seed_runs(run)  # one per seed of a several-seed budget
+    tasks = len(runs) * len(run.variants) * len(per_variant)
+    with tqdm(total=tasks, desc=f"reproduce {run.name}", unit="task", disable=None) as bar:
+        for each in runs:
+            # by_variant: every stage of one variant before the next (complete rows if stopped)
+            batches = [[arch] for arch in run.variants] if by_variant else [run.variants]
+            for archs in batches:
+                for stage in per_variant:
+                    run_stage(each, stage, failures, archs, bar)
     shapes_csv = run.work / "paper_shapes.csv"
     if "shapes" in stages and not shapes_csv.exists():
         write_paper_shapes(run, shapes_csv)
-    if "table" in stages:
+    if "table" in stages and run.budget.seeds:
+        from bench.reproduction.seeds import write_seed_outputs
+
+        write_seed_outputs(run, runs)
+    elif "table" in stages:
         shapes = pd.read_csv(shapes_csv) if shapes_csv.exists() else pd.DataFrame()
         write_outputs(run, collect(run), shapes)
+    if "table" in stages:
         setting |= {"git_revision": git_revision(), "env": environment_record(1)}
         setting["driver_seconds_this_call"] = round(time.perf_counter() - started, 1)
         atomic_write_json(run.out / "budget.json", setting)
@@ -58,6 +71,13 @@ def reproduce(run: Run, stages: list[str], by_variant: bool, noise_against: list
         print(f"FAILED: {line}", file=sys.stderr)
     print(f"reproduction '{run.name}' done in {time.perf_counter() - started:.0f} s", flush=True)
     return 1 if failures else 0
+
+
+def seed_runs(run: Run) -> list[Run]:
+    """The run itself, or one run per seed of the budget, each in its own work folder."""
+    if not run.budget.seeds:
+        return [run]
+    return [replace(run, seed=seed, work=run.work / f"seed-{seed}") for seed in run.budget.seeds]
 
 
 def recipe(run: Run) -> dict:
@@ -74,6 +94,7 @@ def refuse_other_recipe(path: Path, setting: dict) -> None:
     if not path.exists():
         return
     earlier = json.loads(path.read_text())
+    setting = json.loads(json.dumps(setting))  # tuples as the lists JSON gives back
     changed = [k for k in RECIPE_KEYS if k in earlier and earlier[k] != setting[k]]
     if changed:
         what = ", ".join(f"{k} {earlier[k]} -> {setting[k]}" for k in changed)

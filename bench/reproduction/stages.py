@@ -11,8 +11,12 @@ skipped, records are written atomically, and one variant's failure does not stop
 from __future__ import annotations
 
 import math
+import shlex
 import shutil
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 from bench.reproduction.workspace import Run
 from models.atomic import atomic_write_json
@@ -41,13 +45,31 @@ def train_variant(run: Run, arch: str) -> dict:
         argv += ["--eval-batches", str(budget.eval_batches), "--data-dir", run.data_dir]
         argv += ["--out", str(path), "--resume", "--grad-accum", str(budget.grad_accum)]
         argv += ["--device", run.device, "--precision", run.precision]
+        argv += ["--lr", str(budget.lr), "--warmup-frac", str(budget.warmup_frac)]
+        argv += [arg for change in budget.overrides for arg in ("--set", change)]
         argv += ["--max-files", str(budget.max_files)] if budget.max_files else []
         argv += ["--corpus", run.corpus] if run.corpus else []
-        code = train_main(argv)
+        code = train_main(argv) if run.processes == 1 else train_with_torchrun(run, argv, path)
         if code not in (0, 3):  # 3: diverged, a result like any other
             raise UserError(f"training {arch} failed with exit code {code}")
     checkpoint = load_checkpoint(path)
     return training_record(arch, checkpoint, run)
+
+
+def torchrun_command(processes: int, train_argv: list[str]) -> list[str]:
+    """`models.train` data-parallel over `processes` local processes (`models.distributed`)."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    return [*launcher, "--nproc_per_node", str(processes), "-m", "models.train", *train_argv]
+
+
+def train_with_torchrun(run: Run, argv: list[str], checkpoint: Path) -> int:
+    """Train through torchrun, printing the command; the outcome is read from the checkpoint
+    (torchrun reports any rank's non-zero exit, a divergence's 3 included, as its own failure)."""
+    command = torchrun_command(run.processes, argv)
+    print(f"training with {run.processes} processes: {shlex.join(command)}", flush=True)
+    code = subprocess.run(command, check=False).returncode
+    status = load_checkpoint(checkpoint).meta.get("status") if checkpoint.exists() else None
+    return {"finished": 0, "diverged": 3}.get(status, code or 1)
 
 
 def _finished(meta: dict, steps: int) -> bool:
@@ -134,27 +156,36 @@ PER_VARIANT = {
 }
 
 
-def run_stage(run: Run, stage: str, failures: list[str], archs: list[str]) -> None:
+def run_stage(run: Run, stage: str, failures: list[str], archs: list[str], bar=None) -> None:
     """One per-variant stage over `archs`, skipping those already recorded. A failure is
-    recorded and reported at the end; the other variants go on."""
+    recorded and reported at the end; the other variants go on. `bar` (a tqdm progress bar)
+    advances by one per variant, done or skipped."""
     for arch in archs:
-        done = run.record(stage, arch)
-        if done.exists():
-            continue
-        if stage != "train" and not _usable(run, arch):
-            print(f"[{stage}] {arch}: skipped (no finite trained weights)", flush=True)
-            continue
-        started = time.perf_counter()
-        print(f"[{stage}] {arch} ...", flush=True)
         try:
-            record = PER_VARIANT[stage](run, arch)
-        except Exception as error:  # one variant's failure must not lose the others' hours
-            failures.append(f"{stage} {arch}: {type(error).__name__}: {error}")
-            print(f"[{stage}] {arch}: FAILED: {error}", flush=True)
-            continue
-        record["stage_seconds"] = time.perf_counter() - started
-        atomic_write_json(done, record)
-        print(f"[{stage}] {arch}: done in {record['stage_seconds']:.0f} s", flush=True)
+            _stage_of_one(run, stage, failures, arch)
+        finally:
+            if bar is not None:
+                bar.update(1)
+
+
+def _stage_of_one(run: Run, stage: str, failures: list[str], arch: str) -> None:
+    done = run.record(stage, arch)
+    if done.exists():
+        return
+    if stage != "train" and not _usable(run, arch):
+        print(f"[{stage}] {arch}: skipped (no finite trained weights)", flush=True)
+        return
+    started = time.perf_counter()
+    print(f"[{stage}] {arch} (seed {run.seed}) ...", flush=True)
+    try:
+        record = PER_VARIANT[stage](run, arch)
+    except Exception as error:  # one variant's failure must not lose the others' hours
+        failures.append(f"{stage} {arch} seed {run.seed}: {type(error).__name__}: {error}")
+        print(f"[{stage}] {arch}: FAILED: {error}", flush=True)
+        return
+    record["stage_seconds"] = time.perf_counter() - started
+    atomic_write_json(done, record)
+    print(f"[{stage}] {arch}: done in {record['stage_seconds']:.0f} s", flush=True)
 
 
 def _usable(run: Run, arch: str) -> bool:

@@ -28,6 +28,7 @@ class Run:
     variants: list[str]
     device: str = "cpu"
     precision: str = "fp32"
+    processes: int = 1  # training processes (torchrun, one per device) when more than one
 
     def checkpoint(self, arch: str) -> Path:
         return self.work / "checkpoints" / f"{slug(arch)}.pt"

@@ -1,6 +1,13 @@
 """Attention softmax forms under MPC. Errors are max abs errors against `torch.softmax` on causal
 rows (one in-process party, 16 fraction bits, `ApproxConfig` defaults; `tests/test_mpc_ops.py`
 pins them); costs are bytes per element logged by one party and rounds at T = 128.
+
+Masking is exact in every form: the exponentials are multiplied by the public 0/1 `keep` before
+the row sum (a local multiply, no traffic, so no form's cost changes), and a masked weight is
+exactly 0 whatever its logit held. The model also puts a finite fill (`ModelConfig.mask_value`,
+`models.ops.fill_masked`) into the masked logits: the forms that take a row max need it below
+every row's largest kept logit; the exponential of a masked entry may then be garbage (exp's
+limit form holds only on about (-2^n, 0]), which the mask multiplies by 0.
 """
 
 from __future__ import annotations
@@ -75,6 +82,11 @@ def bracketed_reciprocal_cost(p: Any, rows: tuple[int, ...], low: float, high: f
     return compare + iterations * 2 * p.mul(rows, rows)
 
 
+def _masked(numerator: Any, keep: Any) -> Any:
+    """The exponentials times the public 0/1 mask: masked weights become exactly 0 (local)."""
+    return numerator if keep is None else numerator * keep
+
+
 def _normalized(numerator: Any, dim: int, scale: float, approx: Any, sums: tuple) -> Any:
     """numerator / S, S its (positive) row sum, as numerator * (1 / (S / K)) / K: the public
     K = `scale` keeps S / K inside CrypTen's reciprocal range (its reciprocal overflows near 256:
@@ -122,13 +134,19 @@ def max_free_sums(length: int, bound: float) -> tuple[float, tuple[float, float]
 
 
 # ---- stock: CrypTen's own ---------------------------------------------------------------------
-def softmax_stock(scores: Any, dim: int, approx: Any = None) -> Any:
-    """CrypTen's max subtraction, exp and reciprocal. Valid for any row whose entries lie within
-    ~500 of its max, up to ~200 entries (the sum's reciprocal explodes near 256: a flat row of
-    256 gives errors of 1e9; kept as shipped, it is the reference); causal mask -64, never -inf
-    or -1e4. Max abs error 3.7e-3 (T = 16) and 8.4e-3 (T = 128) on causal rows of N(0, 9)
-    logits; 1488 B/element, 116 rounds at T = 128."""
-    return scores.softmax(dim)
+def softmax_stock(scores: Any, dim: int, approx: Any = None, keep: Any = None) -> Any:
+    """CrypTen's softmax (`crypten.common.functions.approximations.softmax`) step by step: the
+    row max, exp(x - max), the exponentials times the mask, the reciprocal of the row sum. The
+    same operations and cost as shipped (it is the reference) plus the free mask. Valid for any
+    row whose kept entries lie within ~500 of its max and whose masked entries (the fill, -1e6
+    by default) lie below it, up to ~200 entries (the sum's reciprocal explodes near 256: a flat
+    row of 256 gives errors of 1e9). Max abs error 3.7e-3 (T = 16) and 8.4e-3 (T = 128) on causal
+    rows of N(0, 9) logits, the same at any row offset (rows near -1e4 included); 1488 B/element,
+    116 rounds at T = 128."""
+    if scores.size(dim) == 1:
+        return scores.softmax(dim)  # CrypTen's shortcut: the constant 1 (no traffic)
+    numerator = _masked((scores - scores.max(dim, keepdim=True)[0]).exp(), keep)
+    return _normalized(numerator, dim, 1.0, None, (1.0, scores.size(dim)))  # CrypTen's reciprocal
 
 
 def softmax_stock_cost(p: Any, shape: tuple[int, ...]) -> Any:
@@ -159,14 +177,15 @@ def tree_max(x: Any, dim: int = -1) -> Any:
     return x
 
 
-def softmax_tree(scores: Any, dim: int, approx: Any = None) -> Any:
+def softmax_tree(scores: Any, dim: int, approx: Any = None, keep: Any = None) -> Any:
     """CrypTen's softmax (exp(x - max) times the reciprocal of the row sum) with the max from
     `tree_max`: the same accuracy as "stock", and rows longer than 128 have their sum scaled into
     the reciprocal's range (any length); 620 B/element, 100 rounds at T = 128 with stock
     comparisons."""
     if scores.size(dim) == 1:
         return scores * 0.0 + 1.0
-    numerator = (scores - tree_max(scores, dim)).exp()  # row sums in [1, n]: the max gives 1
+    # row sums in [1, n]: the max (a kept entry: the fill lies below it) gives 1
+    numerator = _masked((scores - tree_max(scores, dim)).exp(), keep)
     scale, sums = tree_sums(scores.size(dim))
     return _normalized(numerator, dim, scale, approx, sums)
 
@@ -180,7 +199,7 @@ def softmax_tree_cost(p: Any, shape: tuple[int, ...]) -> Any:
 
 
 # ---- max_free: no row max, for bounded logits ------------------------------------------------
-def softmax_max_free(scores: Any, dim: int, approx: Any) -> Any:
+def softmax_max_free(scores: Any, dim: int, approx: Any, keep: Any = None) -> Any:
     """Softmax without the row max, for rows whose max lies in [-b, b], b = logit bound.
 
     e = exp(z + z^2 / 2^(n+1)), n = exp_iterations: the squared term makes CrypTen's base
@@ -190,8 +209,9 @@ def softmax_max_free(scores: Any, dim: int, approx: Any) -> Any:
     public K = e^b max(1, T / 128) into the reciprocal's range, and the output is e / K times
     1 / (S / K): the largest e / K is at most 1, as in the stock softmax.
 
-    Accurate when every row's largest unmasked logit m lies in [-b, b] and every entry is at
-    least -480 (mask value -64). The limit is fixed point: S / K spans [e^(-2b), T], and at
+    Accurate when every row's largest kept logit m lies in [-b, b] and every kept entry is at
+    least -480; masked entries may hold anything (their exponentials are multiplied by 0).
+    The limit is fixed point: S / K spans [e^(-2b), T], and at
     16 fraction bits S / K = e^(-2b) keeps only ~2^16 e^(-2b) levels. Max abs error over
     causal rows of T tokens, entries N(0, sigma^2) shifted so the row max is m, for m in
     [-b, b] (step 0.5) and sigma in {0, 0.3, 2, 6}:
@@ -207,7 +227,7 @@ def softmax_max_free(scores: Any, dim: int, approx: Any) -> Any:
     """
     scale, sums = max_free_sums(scores.size(dim), approx.softmax_logit_bound)  # public K
     taylor = 1.0 / 2.0 ** (approx.exp_iterations + 1)
-    numerator = (scores + scores.square() * taylor).exp()
+    numerator = _masked((scores + scores.square() * taylor).exp(), keep)
     return _normalized(numerator, dim, scale, approx, sums)
 
 

@@ -60,12 +60,16 @@ def layer_norm(x, weight, bias, eps: float):
     return centred * jax.lax.rsqrt(var + eps) * weight + bias
 
 
-def softmax(scores, form: str):
-    """Row softmax. 'stock' subtracts the row max (exp's input then lies in [mask - max, 0]);
-    'max_free' does not (valid while the logits stay small, see SpuSettings)."""
+def softmax(scores, form: str, keep=None):
+    """Row softmax. 'stock' subtracts the row max (the kept entries' max: masked ones hold the
+    fill, below it); 'max_free' does not (valid while the logits stay small, see SpuSettings).
+    Where the public boolean `keep` is False the weight is exactly 0: a public select of the
+    exponentials (no communication), whatever exp made of the masked entries."""
     if form == "stock":
         scores = scores - jax.lax.stop_gradient(scores.max(-1, keepdims=True))
     e = jnp.exp(scores)
+    if keep is not None:
+        e = jnp.where(keep, e, 0.0)
     return e / e.sum(-1, keepdims=True)
 
 
@@ -134,8 +138,8 @@ def _attention(chain: _Chain, cfg: ModelConfig, layer: int, x: str, settings: Sp
 
     def masked_softmax(s):
         T = s.shape[-1]
-        keep = np.tril(np.ones((T, T), dtype=bool))  # public: a select, no communication
-        return softmax(jnp.where(keep, s, cfg.mask_value), settings.softmax_form)
+        keep = np.tril(np.ones((T, T), dtype=bool))  # public: selects, no communication
+        return softmax(jnp.where(keep, s, cfg.mask_value), settings.softmax_form, keep)
 
     chain.add(layer, "softmax", p + "softmax", masked_softmax, [scores], [p + "probs"])
     chain.add(

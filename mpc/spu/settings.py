@@ -32,9 +32,9 @@ class SpuSettings(JsonConfig):
       dealer for two parties: rank 0 (the SERVER) makes every triple, so it is INSECURE against
       the server (cost runs only), as CrypTen's `tfp`.
     - cheetah: dealer-free 2PC (OT + lattice HE): secure against either semi-honest party.
-    - exp `taylor`: (1 + x / 2^n)^(2^n), n = `exp_iterations`; valid on about [-2^n, 0]; the
-      masked logits (config.mask_value = -64 minus the row max) stay inside it. `pade` is SPU's
-      range-reduced form.
+    - exp `taylor`: (1 + x / 2^n)^(2^n), n = `exp_iterations`; valid on about [-2^n, 0] (the
+      kept logits minus the row max); masked entries may leave it: their exponentials are
+      selected away (exact causal masking). `pade` is SPU's range-reduced form.
     - softmax `stock`: exp(s - max(s)) / sum (the row max costs a comparison tree); `max_free`:
       exp(s) / sum, valid only while every logit stays well below 2^(63 - 2 f) in magnitude.
     - `optimize_denominator`: SPU's compiler rewrites x / broadcast(y) as x * (1 / y), one
