@@ -191,9 +191,12 @@ class SpuRunner:
         self.backend = backend
 
     def settings(self, args: Any) -> list[Setting]:
-        from mpc.spu.settings import settings_for_backend, settings_label
+        from models.cli import parse_overrides
+        from mpc.spu.settings import SpuSettings, settings_for_backend, settings_label
 
-        settings = settings_for_backend(self.backend)
+        fields = parse_overrides(getattr(args, "spu_set", []), SpuSettings, "--spu-set")
+        fields.pop("protocol", None)  # the backend names it
+        settings = settings_for_backend(self.backend, **fields)
         return [Setting(settings_label(settings), settings.dealer, settings, "brpc")]
 
     @contextlib.contextmanager
@@ -202,11 +205,13 @@ class SpuRunner:
             raise UserError(reason)
         with tempfile.TemporaryDirectory(prefix="aero-pi-spu-bench-") as scratch:
             folder, port = Path(scratch), free_port()
+            settings = folder / "spu-settings.json"
+            settings.write_text(setting.settings.to_json())
             command = [
                 sys.executable, "-m", "mpc.spu.server", "--backend", self.backend,
                 "--checkpoint", str(target.file(folder)), "--port", str(port),
                 "--queries", str(args.repeats), "--measure-dir", scratch,
-                "--timeout", str(args.timeout),
+                "--timeout", str(args.timeout), "--settings-config", str(settings),
             ]  # fmt: skip
             with open(folder / "server.log", "w") as log:
                 server = subprocess.Popen(

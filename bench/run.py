@@ -74,6 +74,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=["crypten"],
         help="MPC backends (SPU ones need the spu extra and run on loopback only)",
     )
+    parser.add_argument(
+        "--spu-set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="an SPU setting (mpc.spu.settings.SpuSettings), e.g. --spu-set vocab_slice=4096",
+    )
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument(
         "--network",

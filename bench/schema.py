@@ -69,7 +69,9 @@ class ResultRow:
     projected_lan_s: float = math.nan  # (wall - comm) + bytes / bandwidth + rounds x RTT
     projected_wan_s: float = math.nan
     os_bytes: float = math.nan  # kernel TCP payload counters (total rows only)
-    peak_rss_mb: float = math.nan  # total rows only
+    # total rows: the query's peak resident memory; SPU's category rows: the peak while that
+    # category's stages ran (sampled)
+    peak_rss_mb: float = math.nan
     max_abs_logit_error: float = math.nan  # client total rows, against plaintext
     top1_match: float = math.nan  # client total rows: 1 if the MPC argmax equals plaintext's
     # server total rows, offline_dealer: the dealer's material fetched before the prompt was
@@ -106,6 +108,7 @@ def measured_rows(ops: list[dict], total: dict, party: str, base: dict, repeat: 
             category=op["category"],
             repeat=repeat,
             calls=op["calls"],
+            peak_rss_mb=op.get("peak_rss_mb", math.nan),
             **{k: op[k] for k in COUNTERS},
         )
         for op in ops

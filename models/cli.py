@@ -42,21 +42,21 @@ def parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
-def parse_overrides(pairs: list[str]) -> dict:
-    """FIELD=VALUE strings typed by each field's declared type."""
-    types = {f.name: type(f.default) for f in dataclasses.fields(ModelConfig)}
+def parse_overrides(pairs: list[str], of: type = ModelConfig, flag: str = "--set") -> dict:
+    """FIELD=VALUE strings typed by each field's declared type in the dataclass `of`."""
+    types = {f.name: type(f.default) for f in dataclasses.fields(of)}
     overrides = {}
     for pair in pairs:
         name, sep, text = pair.partition("=")
         if not sep or name not in types:
             raise argparse.ArgumentTypeError(
-                f"--set {pair!r}: expected FIELD=VALUE, FIELD one of {sorted(types)}"
+                f"{flag} {pair!r}: expected FIELD=VALUE, FIELD one of {sorted(types)}"
             )
         kind = types[name]
         try:
             overrides[name] = parse_bool(text) if kind is bool else kind(text)
         except (ValueError, argparse.ArgumentTypeError):
-            raise argparse.ArgumentTypeError(f"--set {pair!r}: not a {kind.__name__}") from None
+            raise argparse.ArgumentTypeError(f"{flag} {pair!r}: not a {kind.__name__}") from None
     return overrides
 
 

@@ -61,3 +61,31 @@ def tiny_checkpoints(tmp_path_factory, data_dir, tiny_data):
         assert code == 0
         paths[arch] = out
     return paths
+
+
+@pytest.fixture(scope="session")
+def spu_run(tmp_path_factory):
+    """bench/run.py with both SPU protocols on the tiny baseline: real server and client
+    processes over TCP (brpc), random weights."""
+    pytest.importorskip("spu")
+    import pandas as pd
+
+    from bench.run import main as bench_main
+
+    out = tmp_path_factory.mktemp("spu-bench") / "run"
+    argv = [
+        "--arch",
+        "baseline",
+        "--preset",
+        "tiny",
+        "--backend",
+        "spu-semi2k",
+        "spu-cheetah",
+        "--no-plots",
+        "--out",
+        str(out),
+        "--timeout",
+        "300",
+    ]
+    assert bench_main(argv) == 0
+    return pd.read_csv(out / "results.csv")

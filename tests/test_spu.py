@@ -129,30 +129,6 @@ def test_settings_are_checked_and_labeled():
     assert settings_label(SpuSettings()) == "fxp18,exp-taylor8,gelu-tanh,softmax-stock,div-opt"
 
 
-@pytest.fixture(scope="module")
-def spu_run(tmp_path_factory):
-    """bench/run.py with both SPU protocols on the tiny baseline: real server and client
-    processes over TCP (brpc), random weights."""
-    pytest.importorskip("spu")
-    out = tmp_path_factory.mktemp("spu-bench") / "run"
-    argv = [
-        "--arch",
-        "baseline",
-        "--preset",
-        "tiny",
-        "--backend",
-        "spu-semi2k",
-        "spu-cheetah",
-        "--no-plots",
-        "--out",
-        str(out),
-        "--timeout",
-        "300",
-    ]
-    assert bench_main(argv) == 0
-    return pd.read_csv(out / "results.csv")
-
-
 @pytest.mark.parametrize("backend", ["spu-semi2k", "spu-cheetah"])
 def test_two_processes_reveal_plaintext_logits_to_the_client(spu_run, backend):
     rows = spu_run[spu_run.backend == backend]

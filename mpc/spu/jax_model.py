@@ -6,7 +6,8 @@ pure function from named variables to named variables and carries its benchmark 
 category (`mpc.measure.CATEGORIES`). Run in order in plaintext (`plain_logits`) they give the
 model's logits; compiled one executable per stage and chained on one SPU Runtime (`mpc.spu.session`)
 they give the per-category cost of secure inference. The sequence is (T, C) for one prompt; the LM
-head computes the last position only, as the secure CrypTen forward does.
+head computes the last position only, as the secure CrypTen forward does; the embedding and the
+head run in vocabulary slices sized to a memory budget (`mpc.spu.vocab`).
 
 Weights come from a torch checkpoint through `mpc.session.secure_model.inference_model`
 (training-only parts dropped, weight and spectral norms folded), named as its state dict without
@@ -27,6 +28,7 @@ from models.config import ModelConfig
 from mpc.forms import form
 from mpc.measure import GLOBAL_LAYER
 from mpc.spu.settings import SpuSettings
+from mpc.spu.vocab import vocab_slice_for, vocab_slices
 
 TOKENS = "tokens"  # the client's one-hot prompt (T, V); every other input is a server weight
 LOGITS = "logits"  # (1, V): the last position's logits
@@ -235,15 +237,10 @@ def _ffn(chain: _Chain, cfg: ModelConfig, layer: int, h: str, settings: SpuSetti
 def build_stages(cfg: ModelConfig, seq_len: int, settings: SpuSettings) -> list[Stage]:
     """The whole forward pass for a T-token prompt as a chain of stages."""
     chain = _Chain()
-    chain.add(
-        GLOBAL_LAYER,
-        "embedding",
-        "embed",
-        lambda onehot, wte, wpe: onehot @ wte + wpe[: onehot.shape[0]],
-        [TOKENS, "wte.weight", "wpe.weight"],
-        ["h.in"],
+    slices = vocab_slices(
+        cfg.vocab_size, vocab_slice_for(settings, seq_len, cfg.n_embd, cfg.vocab_size)
     )
-    x = "h.in"
+    x = _embedding(chain, slices)
     for layer in range(cfg.n_layer):
         x = _ffn(chain, cfg, layer, _attention(chain, cfg, layer, x, settings), settings)
     if cfg.norm == "layernorm":
@@ -257,15 +254,53 @@ def build_stages(cfg: ModelConfig, seq_len: int, settings: SpuSettings) -> list[
             ["final"],
         )
         x = "final"
-    chain.add(
-        GLOBAL_LAYER,
-        "lm_head",
-        "lm_head",
-        lambda x, wte: x[-1:] @ wte.T,
-        [x, "wte.weight"],
-        [LOGITS],
-    )  # (1, V)
+    _lm_head(chain, x, slices)
     return chain.stages
+
+
+def _embedding(chain: _Chain, slices: list[tuple[int, int]]) -> str:
+    """h = one-hot @ wte + wpe, one stage per vocabulary slice, each adding its slice's product
+    to the running sum (`mpc.spu.vocab`); one stage named 'embed' when the slice is the whole
+    vocabulary."""
+    total = "h.in"
+    for i, (start, stop) in enumerate(slices):
+        last = i == len(slices) - 1
+        out, name = (total if last else f"h.in.{i}"), ("embed" if i == 0 else f"embed.{i}")
+
+        def part(onehot, wte, start=start, stop=stop):
+            return onehot[:, start:stop] @ wte[start:stop]
+
+        if i == 0:
+            fn = lambda onehot, wte, wpe, part=part: part(onehot, wte) + wpe[: onehot.shape[0]]
+            inputs = [TOKENS, "wte.weight", "wpe.weight"]
+        else:
+            fn = lambda onehot, wte, h, part=part: h + part(onehot, wte)
+            inputs = [TOKENS, "wte.weight", f"h.in.{i - 1}"]
+        chain.add(GLOBAL_LAYER, "embedding", name, fn, inputs, [out])
+    return total
+
+
+def _lm_head(chain: _Chain, x: str, slices: list[tuple[int, int]]) -> None:
+    """The last position's logits (1, V): one stage per vocabulary slice, then one that puts
+    the slices side by side (local); one stage named 'lm_head' when the slice is the whole
+    vocabulary."""
+    if len(slices) == 1:
+        chain.add(
+            GLOBAL_LAYER, "lm_head", "lm_head", lambda x, wte: x[-1:] @ wte.T,
+            [x, "wte.weight"], [LOGITS],
+        )  # fmt: skip
+        return
+    parts = [f"logits.{i}" for i in range(len(slices))]
+    for i, (start, stop) in enumerate(slices):
+        chain.add(
+            GLOBAL_LAYER, "lm_head", f"lm_head.{i}",
+            lambda x, wte, start=start, stop=stop: x[-1:] @ wte[start:stop].T,
+            [x, "wte.weight"], [parts[i]],
+        )  # fmt: skip
+    chain.add(
+        GLOBAL_LAYER, "lm_head", "lm_head.join", lambda *p: jnp.concatenate(p, axis=-1),
+        parts, [LOGITS],
+    )  # fmt: skip
 
 
 def one_hot(tokens: list[int], vocab_size: int) -> np.ndarray:

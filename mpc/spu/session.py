@@ -19,6 +19,7 @@ import hashlib
 import pickle
 import re
 import resource
+import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -100,6 +101,36 @@ def shapes_of(stages: list[Stage], inputs: dict[str, tuple]) -> dict[str, Any]:
     return env
 
 
+class PeakRss:
+    """This process's peak resident memory within a span, sampled by a thread (`ru_maxrss` only
+    ever grows, so it cannot tell one stage's peak from an earlier one's)."""
+
+    def __init__(self, interval_s: float = 0.02) -> None:
+        import psutil
+
+        self.process, self.interval_s = psutil.Process(), interval_s
+        self.peak, self.stopped = 0, threading.Event()
+
+    def _sample(self) -> None:
+        while not self.stopped.wait(self.interval_s):
+            self.peak = max(self.peak, self.process.memory_info().rss)
+
+    def __enter__(self) -> PeakRss:
+        self.peak = self.process.memory_info().rss
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stopped.set()
+        self.thread.join()
+        self.peak = max(self.peak, self.process.memory_info().rss)
+
+    @property
+    def mb(self) -> float:
+        return self.peak / 2**20
+
+
 class SecureForward:
     """This party's SPU Runtime and the compiled stages of one forward pass."""
 
@@ -111,6 +142,7 @@ class SecureForward:
         self.runtime = spu.Runtime(link, self.config)
         self.io = spu.Io(2, self.config)
         self.costs: dict[tuple[int, str], Cost] = defaultdict(Cost)
+        self.peak_rss_mb: dict[tuple[int, str], float] = defaultdict(float)  # per category
         self.link_bytes = 0.0  # what we sent/received on the link outside SPU's executables
 
     def charge(self, layer: int, category: str, **amounts: float) -> None:
@@ -179,7 +211,10 @@ class SecureForward:
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         for stage, executable in zip(stages, executables, strict=True):
             started, cpu = time.perf_counter(), time.process_time()
-            self.runtime.run(executable)
+            with PeakRss() as peak:
+                self.runtime.run(executable)
+            key = (stage.layer, stage.category)
+            self.peak_rss_mb[key] = max(self.peak_rss_mb[key], peak.mb)
             self.charge(
                 stage.layer,
                 stage.category,
@@ -233,13 +268,19 @@ def run_query(
     program = forward.check_same_program(executables)
     os_start = socket_counters()
     forward.costs.clear()
+    forward.peak_rss_mb.clear()
     forward.link_bytes = 0.0
     forward.set_inputs(stages, own, shapes)
     forward.run(stages, executables)
     logits = forward.reveal_to_client(stages[-1].outputs[0])
     os_bytes = socket_bytes_between(os_start, socket_counters())
     ops = [
-        {"layer": layer, "category": category, **cost.to_dict()}
+        {
+            "layer": layer,
+            "category": category,
+            **cost.to_dict(),
+            "peak_rss_mb": forward.peak_rss_mb.get((layer, category), float("nan")),
+        }
         for (layer, category), cost in sorted(forward.costs.items())
     ]
     total = sum(forward.costs.values(), Cost())

@@ -39,6 +39,11 @@ class SpuSettings(JsonConfig):
       exp(s) / sum, valid only while every logit stays well below 2^(63 - 2 f) in magnitude.
     - `optimize_denominator`: SPU's compiler rewrites x / broadcast(y) as x * (1 / y), one
       reciprocal per softmax row instead of one division per entry.
+    - `vocab_slice`: words per slice of the embedding and the LM head (one-hot slice times
+      table slice, summed; logits slice by slice), each slice its own SPU executable so one
+      product's working memory is bounded; 0 chooses the largest slice whose estimated peak
+      fits `memory_budget_gb` (`vocab_slice_for`). Same values, same security: only the
+      products' sizes change.
     """
 
     _what = "SPU settings"
@@ -51,6 +56,8 @@ class SpuSettings(JsonConfig):
     gelu_form: str = "tanh"
     softmax_form: str = "stock"
     optimize_denominator: bool = True
+    vocab_slice: int = 0
+    memory_budget_gb: float = 16.0
 
     def __post_init__(self) -> None:
         for name, choices in (
@@ -63,6 +70,10 @@ class SpuSettings(JsonConfig):
                 raise SettingsError(f"{name}={getattr(self, name)!r}; choose one of {choices}")
         if not 8 <= self.fraction_bits <= 26:
             raise SettingsError(f"fraction_bits={self.fraction_bits} outside [8, 26] for FM64")
+        if self.vocab_slice < 0:
+            raise SettingsError(f"vocab_slice={self.vocab_slice}: a word count, or 0 for auto")
+        if self.memory_budget_gb <= 0:
+            raise SettingsError(f"memory_budget_gb={self.memory_budget_gb} must be positive")
 
     @property
     def backend(self) -> str:
@@ -123,9 +134,27 @@ def add_settings_arguments(parser: Any) -> None:
         help="keep one division per softmax entry (SPU's compiler otherwise rewrites x / y_row "
         "as x * (1 / y_row))",
     )
+    group.add_argument(
+        "--vocab-slice",
+        type=int,
+        default=defaults.vocab_slice,
+        help="words per embedding/LM-head slice (0: the largest that fits --memory-budget-gb)",
+    )
+    group.add_argument(
+        "--memory-budget-gb", type=float, default=defaults.memory_budget_gb,
+        help="peak resident memory one party may use for a vocabulary slice's product",
+    )  # fmt: skip
+    group.add_argument(
+        "--settings-config",
+        help="SpuSettings as JSON (as results record them): replaces the flags above; the "
+        "protocol comes from --backend",
+    )
 
 
 def settings_from_arguments(backend: str, args: Any) -> SpuSettings:
+    if args.settings_config:
+        settings = SpuSettings.from_json_file(args.settings_config)
+        return settings.replace(protocol=backend.removeprefix("spu-"))
     names = (
         "fraction_bits",
         "exp_mode",
@@ -133,6 +162,8 @@ def settings_from_arguments(backend: str, args: Any) -> SpuSettings:
         "gelu_form",
         "softmax_form",
         "optimize_denominator",
+        "vocab_slice",
+        "memory_budget_gb",
     )
     return settings_for_backend(backend, **{n: getattr(args, n) for n in names})
 
@@ -147,4 +178,9 @@ def settings_label(settings: SpuSettings) -> str:
         f"gelu-{settings.gelu_form}",
         f"softmax-{settings.softmax_form}",
     ]
-    return ",".join([*parts, "div-opt" if settings.optimize_denominator else "div"])
+    parts.append("div-opt" if settings.optimize_denominator else "div")
+    if settings.vocab_slice:  # the default (0) sizes slices from the budget: label the budget
+        parts.append(f"vocab-slice{settings.vocab_slice}")
+    elif settings.memory_budget_gb != SpuSettings.memory_budget_gb:
+        parts.append(f"mem{settings.memory_budget_gb:g}GB")
+    return ",".join(parts)
