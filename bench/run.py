@@ -125,13 +125,20 @@ def main(argv: list[str] | None = None) -> int:
         "protocols": {
             name: approx_from_arguments(args, name).to_dict() for name in args.protocol or ["stock"]
         },
+        "spu_settings": {  # as each SPU server ran (vocabulary slice, budget, forms, ...)
+            b: [s.settings.to_dict() for s in BACKENDS[b].settings(args)]
+            for b in args.backend
+            if b != "crypten"
+        },
         "networks_projected": NETWORKS,
         "architectures": {t.config.arch: t.config.to_dict() for t in targets},
     }
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_json(folder / "env.json", environment_record(args.threads))
+    # The dealer flag is CrypTen's; each SPU protocol has its own (settings.dealer, in the rows).
+    dealer = f"crypten dealer {args.dealer}, " if "crypten" in args.backend else ""
     print(
-        f"benchmark {run_id}: {len(targets)} architecture(s), dealer {args.dealer}, "
+        f"benchmark {run_id}: {len(targets)} architecture(s), {dealer}"
         f"{args.repeats} repeat(s) -> {folder}",
         flush=True,
     )
