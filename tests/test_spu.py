@@ -127,6 +127,13 @@ def test_settings_are_checked_and_labeled():
     assert SpuSettings(protocol="cheetah").dealer == "none"
     assert SpuSettings().dealer == "tfp" and "INSECURE" in TRUST_LABELS[SpuSettings().dealer]
     assert settings_label(SpuSettings()) == "fxp18,exp-taylor8,gelu-tanh,softmax-stock,div-opt"
+    cheaper = SpuSettings(protocol="cheetah", mul_lsb_error=True, trunc_msb_error=True)
+    assert settings_label(cheaper).endswith(",div-opt,mul-lsb-err,trunc-msb-err")
+    pytest.importorskip("spu")
+    config = cheaper.runtime_config()
+    assert config.cheetah_2pc_config.enable_mul_lsb_error and config.trunc_allow_msb_error
+    plain = SpuSettings(protocol="cheetah").runtime_config()
+    assert not plain.cheetah_2pc_config.enable_mul_lsb_error and not plain.trunc_allow_msb_error
 
 
 @pytest.mark.parametrize("backend", ["spu-semi2k", "spu-cheetah"])

@@ -44,6 +44,10 @@ class SpuSettings(JsonConfig):
       product's working memory is bounded; 0 chooses the largest slice whose estimated peak
       fits `memory_budget_gb` (`vocab_slice_for`). Same values, same security: only the
       products' sizes change.
+    - `mul_lsb_error` (CHEETAH): SPU's cheaper multiplication that may be off by one in the
+      last bit (BumbleBee's), `trunc_msb_error`: SPU's truncation that skips the correction of
+      a rare wrap-around (a large error with a small probability per element). Both trade accuracy
+      for bytes under the same semi-honest security; off by default.
     """
 
     _what = "SPU settings"
@@ -58,6 +62,8 @@ class SpuSettings(JsonConfig):
     optimize_denominator: bool = True
     vocab_slice: int = 0
     memory_budget_gb: float = 16.0
+    mul_lsb_error: bool = False
+    trunc_msb_error: bool = False
 
     def __post_init__(self) -> None:
         for name, choices in (
@@ -100,6 +106,8 @@ class SpuSettings(JsonConfig):
         config.experimental_enable_colocated_optimization = True  # weights stay the server's
         config.enable_pphlo_profile = profile
         config.enable_hal_profile = profile
+        config.trunc_allow_msb_error = self.trunc_msb_error
+        config.cheetah_2pc_config.enable_mul_lsb_error = self.mul_lsb_error
         if self.protocol == "semi2k":
             config.beaver_type = libspu.RuntimeConfig.BeaverType.TrustedFirstParty
         return config
@@ -179,6 +187,8 @@ def settings_label(settings: SpuSettings) -> str:
         f"softmax-{settings.softmax_form}",
     ]
     parts.append("div-opt" if settings.optimize_denominator else "div")
+    parts += [name for name, on in (("mul-lsb-err", settings.mul_lsb_error),
+                                    ("trunc-msb-err", settings.trunc_msb_error)) if on]  # fmt: skip
     if settings.vocab_slice:  # the default (0) sizes slices from the budget: label the budget
         parts.append(f"vocab-slice{settings.vocab_slice}")
     elif settings.memory_budget_gb != SpuSettings.memory_budget_gb:
