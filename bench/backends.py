@@ -195,7 +195,8 @@ class SpuRunner:
         from mpc.spu.settings import SpuSettings, settings_for_backend, settings_label
 
         fields = parse_overrides(getattr(args, "spu_set", []), SpuSettings, "--spu-set")
-        fields.pop("protocol", None)  # the backend names it
+        if "protocol" in fields:
+            raise UserError("--spu-set protocol=...: the protocol is the backend's (--backend)")
         settings = settings_for_backend(self.backend, **fields)
         return [Setting(settings_label(settings), settings.dealer, settings, "brpc")]
 

@@ -44,6 +44,8 @@ CASES = [
       "--spu-set", "vocab_slice=many"], "not a int"),
     (["bench/run.py", "--arch", "baseline", "--preset", "tiny", "--backend", "spu-cheetah",
       "--spu-set", "vocab_slice=-1"], "vocab_slice=-1"),
+    (["bench/run.py", "--arch", "baseline", "--preset", "tiny", "--backend", "spu-cheetah",
+      "--spu-set", "protocol=semi2k"], "the backend's"),
     (["-m", "bench.collect", MISSING], "no client-N.json"),
     (["-m", "bench.plot", MISSING], MISSING),
     (["-m", "bench.train_speed", "--arch", "gpt5"], "unknown architecture"),
