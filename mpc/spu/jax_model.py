@@ -280,6 +280,13 @@ def _embedding(chain: _Chain, slices: list[tuple[int, int]]) -> str:
     return total
 
 
+def embedding_stages(slices: list[tuple[int, int]]) -> list[Stage]:
+    """The embedding alone, in these vocabulary slices (what `mpc.spu.vocab_memory` measures)."""
+    chain = _Chain()
+    _embedding(chain, slices)
+    return chain.stages
+
+
 def _lm_head(chain: _Chain, x: str, slices: list[tuple[int, int]]) -> None:
     """The last position's logits (1, V): one stage per vocabulary slice, then one that puts
     the slices side by side (local); one stage named 'lm_head' when the slice is the whole

@@ -28,15 +28,14 @@ def one_party(args: argparse.Namespace) -> None:
     import psutil
 
     from mpc.roles import SERVER
-    from mpc.spu.jax_model import TOKENS, _Chain, _embedding, one_hot
+    from mpc.spu.jax_model import TOKENS, embedding_stages, one_hot
     from mpc.spu.session import SecureForward, open_link, route_logs, run_query
     from mpc.spu.settings import SpuSettings
 
     folder = Path(args.folder)
     route_logs(folder / f"spu-{args.rank}.log")
     settings = SpuSettings(protocol=args.protocol[0])
-    chain = _Chain()
-    _embedding(chain, [(0, args.words[0])])
+    stages = embedding_stages([(0, args.words[0])])
     T, S, C = args.seq_len, args.words[0], args.width
     generator = np.random.default_rng(args.rank)
     own = (
@@ -53,7 +52,7 @@ def one_party(args: argparse.Namespace) -> None:
     try:
         forward = SecureForward(args.rank, link, settings, folder / f"spu-{args.rank}.log")
         floor = psutil.Process().memory_info().rss / 2**20
-        record = run_query(forward, chain.stages, own, shapes)
+        record = run_query(forward, stages, own, shapes)
     finally:
         link.stop_link()
     (op,) = [op for op in record["ops"] if op["category"] == "embedding"]
